@@ -1,0 +1,80 @@
+"""A JSON parser that refuses what the database or the service must never see.
+
+DRF's own parser reads the raw stream (so Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+never applies), follows any declared charset, and lets a deeply nested document
+raise RecursionError (a 500). This one answers 413, 415 and 400 instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from rest_framework import status
+from rest_framework.exceptions import APIException, ParseError, UnsupportedMediaType
+from rest_framework.parsers import JSONParser
+
+from queues.conf import app_settings
+
+# NUL and UTF-16 surrogates: PostgreSQL refuses the first, no UTF-8 encoder takes the second.
+_FORBIDDEN = re.compile("[\x00\ud800-\udfff]")
+
+
+class RequestTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = f"Request body larger than the limit ({app_settings.MAX_REQUEST_BYTES} bytes)."
+    default_code = "request_too_large"
+
+
+def _charset(media_type: str | None) -> str | None:
+    for param in (media_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+def _check(value, path: str, depth: int, max_depth: int) -> None:
+    """Walk the document without recursion limits of our own: depth and forbidden characters."""
+    stack = [(value, path, depth)]
+    while stack:
+        item, where, level = stack.pop()
+        if level > max_depth:
+            raise ParseError(f"JSON nested deeper than {max_depth} levels at {where or 'the top'}.")
+        if isinstance(item, str):
+            if _FORBIDDEN.search(item):
+                raise ParseError(f"NUL or an unpaired surrogate in the string at {where or 'the top'}.")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _FORBIDDEN.search(key):
+                    raise ParseError(f"NUL or an unpaired surrogate in a key at {where or 'the top'}.")
+                stack.append((child, f"{where}.{key}" if where else key, level + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]", level + 1) for i, child in enumerate(item))
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class StrictJSONParser(JSONParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        charset = _charset(media_type)
+        if charset not in (None, "utf-8", "utf8"):
+            raise UnsupportedMediaType(media_type, detail=f"Unsupported charset {charset!r}: send UTF-8 JSON.")
+        limit = app_settings.MAX_REQUEST_BYTES
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise RequestTooLarge(f"Request body larger than {limit} bytes.")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"Request body is not valid UTF-8 (byte {exc.start}).") from None
+        try:
+            data = json.loads(text, parse_constant=_no_constants)
+        except RecursionError:
+            raise ParseError("JSON nested too deeply.") from None
+        except ValueError as exc:
+            raise ParseError(f"JSON parse error: {exc}") from None
+        _check(data, "", 0, app_settings.MAX_JSON_DEPTH)
+        return data

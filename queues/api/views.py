@@ -1,0 +1,254 @@
+"""The v1 HTTP API: thin shells over `queues.services`."""
+
+from __future__ import annotations
+
+import time
+
+from django.db import connection
+from django.db.models import Prefetch
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from queues import services
+from queues.api import serializers as s
+from queues.api.errors import Conflict
+from queues.conf import app_settings
+from queues.models import Delivery, Message, Queue, QueueGrant, ReviewItem
+
+SEND, RECEIVE, MANAGE = "send", "receive", "manage"
+_GRANT_FIELD = {SEND: "can_send", RECEIVE: "can_receive", MANAGE: "can_manage"}
+_VERBS = {SEND: "send to", RECEIVE: "receive from", MANAGE: "manage"}
+# Single-receipt calls answer with a status code; batch calls with one result per item.
+_SINGLE_STATUS = {services.STALE: status.HTTP_409_CONFLICT, services.NOT_FOUND: status.HTTP_404_NOT_FOUND}
+
+
+class ReviewPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def _valid(serializer_class, data, **context):
+    serializer = serializer_class(data=data, context=context)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _queue_out(queues: list[Queue]) -> list[dict]:
+    counts = services.queue_counts(queue_ids=[q.id for q in queues], now=timezone.now())
+    for queue in queues:
+        queue.counts = counts[queue.id]
+    return s.QueueOut(queues, many=True).data
+
+
+class QueueViewSet(viewsets.ViewSet):
+    lookup_field = "name"
+    # Any name reaches the view, which answers 404 as JSON for names that cannot exist.
+    lookup_value_regex = "[^/]+"
+
+    def get_queue(self, name: str, need: str | None = None) -> Queue:
+        """The queue if this user may see it (else 404, as if it did not exist) and may do `need` (else 403)."""
+        user = self.request.user
+        queue = Queue.objects.select_related("owner").filter(name=name[:80]).first()
+        if queue is None or user.is_staff or queue.owner_id == user.pk:
+            if queue is None:
+                raise NotFound("Queue not found.")
+            return queue
+        grant = QueueGrant.objects.filter(queue=queue, user=user).first()
+        if grant is None:
+            raise NotFound("Queue not found.")
+        if need and not getattr(grant, _GRANT_FIELD[need]):
+            raise PermissionDenied(f"This token may not {_VERBS[need]} queue '{queue.name}'.")
+        return queue
+
+    @extend_schema(responses=s.QueueOut(many=True))
+    def list(self, request):
+        """The queues this token may see, with live counts."""
+        queues = list(Queue.objects.visible_to(request.user).select_related("owner").order_by("name"))
+        return Response(_queue_out(queues))
+
+    @extend_schema(request=s.QueueCreateIn, responses={201: s.QueueOut})
+    def create(self, request):
+        """Create a queue owned by this token's user."""
+        data = _valid(s.QueueCreateIn, request.data)
+        try:
+            queue = services.queue_create(owner=request.user, **data)
+        except services.QueueExists:
+            raise Conflict(f"A queue named '{data['name']}' already exists.", code="queue_exists") from None
+        return Response(_queue_out([queue])[0], status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=s.QueueOut)
+    def retrieve(self, request, name=None):
+        """Settings and live counts of one queue."""
+        return Response(_queue_out([self.get_queue(name)])[0])
+
+    @extend_schema(request=s.QueueUpdateIn, responses=s.QueueOut)
+    def partial_update(self, request, name=None):
+        """Change a queue's settings."""
+        queue = self.get_queue(name, MANAGE)
+        data = _valid(s.QueueUpdateIn, request.data)
+        services.queue_update(queue=queue, **data)
+        return Response(_queue_out([queue])[0])
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, name=None):
+        """Delete a queue and every message in it."""
+        services.queue_delete(queue=self.get_queue(name, MANAGE))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        request=s.MessageIn,
+        responses={201: s.SendOut},
+        description="Send one message `{body, attributes?, delay_seconds?, dedup_id?}` or a batch `{messages: [...]}`.",
+    )
+    @action(detail=True, methods=["post"], url_path="messages")
+    def send(self, request, name=None):
+        """Send one message or a batch."""
+        queue = self.get_queue(name, SEND)
+        if isinstance(request.data, dict) and "messages" in request.data:
+            messages = _valid(s.SendBatchIn, request.data, queue=queue)["messages"]
+        else:
+            messages = [_valid(s.MessageIn, request.data, queue=queue)]
+        sent = services.message_send(
+            queue=queue, messages=[services.OutgoingMessage(**message) for message in messages]
+        )
+        body = {"ids": [m.id for m in sent], "messages": [{"id": m.id, "duplicate": m.duplicate} for m in sent]}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.ReceiveIn, responses=s.ReceiveOut)
+    @action(detail=True, methods=["post"])
+    def receive(self, request, name=None):
+        """Lease up to max_messages; with wait_seconds, poll until one arrives or time is up."""
+        queue = self.get_queue(name, RECEIVE)
+        data = _valid(s.ReceiveIn, request.data)
+        deadline = time.monotonic() + data["wait_seconds"]
+        while True:
+            # Each try is its own short transaction; the wait happens outside any.
+            messages = services.message_receive(
+                queue=queue,
+                user=request.user,
+                consumer=data["consumer"],
+                max_messages=data["max_messages"],
+                visibility_timeout=data.get("visibility_timeout"),
+            )
+            remaining = deadline - time.monotonic()
+            if messages or remaining <= 0:
+                break
+            time.sleep(min(app_settings.POLL_INTERVAL, remaining))
+        return Response(s.ReceiveOut({"messages": messages}).data)
+
+    def _receipts_call(self, request, name, serializer_class, service, **kwargs):
+        queue = self.get_queue(name, RECEIVE)
+        data = _valid(serializer_class, request.data)
+        single = "receipt" in data
+        receipts = [data.pop("receipt")] if single else data.pop("receipts")
+        results = s.ItemResultOut(service(queue=queue, receipts=receipts, **data, **kwargs), many=True).data
+        if not single:
+            return Response({"results": results})
+        result = results[0]
+        if result["status"] in _SINGLE_STATUS:
+            return Response(
+                {"detail": result.get("detail", "No message has this receipt."), "code": result["status"]},
+                status=_SINGLE_STATUS[result["status"]],
+            )
+        return Response(result)
+
+    @extend_schema(request=s.ReceiptsIn, responses=s.ResultsOut)
+    @action(detail=True, methods=["post"])
+    def ack(self, request, name=None):
+        """Acknowledge: the message is done. Repeating an ack answers the same."""
+        return self._receipts_call(request, name, s.ReceiptsIn, services.message_ack)
+
+    @extend_schema(request=s.ExtendIn, responses=s.ResultsOut)
+    @action(detail=True, methods=["post"])
+    def extend(self, request, name=None):
+        """Extend live leases to now + visibility_timeout."""
+        return self._receipts_call(request, name, s.ExtendIn, services.message_extend)
+
+    @extend_schema(request=s.ReleaseIn, responses=s.ResultsOut)
+    @action(detail=True, methods=["post"])
+    def release(self, request, name=None):
+        """Give live leases back: the messages are READY again (after delay_seconds)."""
+        return self._receipts_call(request, name, s.ReleaseIn, services.message_release)
+
+    @extend_schema(request=s.RejectIn, responses=s.ResultsOut)
+    @action(detail=True, methods=["post"])
+    def reject(self, request, name=None):
+        """Send leased messages straight to review, with a reason."""
+        return self._receipts_call(request, name, s.RejectIn, services.message_reject)
+
+    @extend_schema(request=None, responses=s.PurgeOut)
+    @action(detail=True, methods=["post"])
+    def purge(self, request, name=None):
+        """Delete every READY (and delayed) message."""
+        return Response({"purged": services.queue_purge(queue=self.get_queue(name, MANAGE))})
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("reason", str, enum=[c for c, _ in Message.ReviewReason.choices]),
+            OpenApiParameter("consumer", str),
+            OpenApiParameter("page", int),
+            OpenApiParameter("page_size", int),
+        ],
+        responses=s.ReviewItemOut(many=True),
+    )
+    @action(detail=True, methods=["get"])
+    def review(self, request, name=None):
+        """The messages waiting for a decision, newest first."""
+        queue = self.get_queue(name, MANAGE)
+        filters = _valid(s.ReviewListIn, request.query_params)
+        items = (
+            ReviewItem.objects.filter(queue=queue, **filters)
+            .select_related("leased_by")
+            .prefetch_related(Prefetch("deliveries", Delivery.objects.select_related("leased_by")))
+            .order_by("-review_at", "-id")
+        )
+        paginator = ReviewPagination()
+        page = paginator.paginate_queryset(items, request, view=self)
+        return paginator.get_paginated_response(s.ReviewItemOut(page, many=True).data)
+
+    def _review_call(self, request, name, serializer_class, service, done: str):
+        queue = self.get_queue(name, MANAGE)
+        data = _valid(serializer_class, request.data)
+        moved = set(service(queue=queue, operator=request.user, **data))
+        results = [{"id": i, "status": done if i in moved else "not_found"} for i in dict.fromkeys(data["ids"])]
+        return Response({"results": results})
+
+    @extend_schema(request=s.ReviewRequeueIn, responses=s.ReviewResultsOut)
+    @action(detail=True, methods=["post"], url_path="review/requeue")
+    def review_requeue(self, request, name=None):
+        """Put review items back in the queue (after delay_seconds)."""
+        return self._review_call(request, name, s.ReviewRequeueIn, services.review_requeue, "requeued")
+
+    @extend_schema(request=s.ReviewIdsIn, responses=s.ReviewResultsOut)
+    @action(detail=True, methods=["post"], url_path="review/discard")
+    def review_discard(self, request, name=None):
+        """Delete review items; the decision is kept."""
+        return self._review_call(request, name, s.ReviewIdsIn, services.review_discard, "discarded")
+
+
+class HealthView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        responses={
+            200: inline_serializer("Health", {"status": serializers.CharField()}),
+            503: inline_serializer("Unhealthy", {"status": serializers.CharField()}),
+        }
+    )
+    def get(self, request):
+        """200 when the database answers, 503 when it does not."""
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception:  # any database failure means "not healthy", never a 500
+            return Response({"status": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response({"status": "ok"})

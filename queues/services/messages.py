@@ -1,0 +1,331 @@
+"""Message services: send, receive, ack, extend, release, reject.
+
+Every transition is one guarded statement: its WHERE clause is the
+precondition and the rows it returns are the verdict. Receipts are
+"<message id>.<random token>", fresh on every delivery.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from queues.conf import app_settings
+from queues.models import Delivery, Message, Queue, ReviewDecision
+from queues.services._sql import MESSAGE, db_dt, fetch, marks, py_dt, py_json
+from queues.services.leases import deliveries_record, leases_expire_for_queue
+
+ACKED = "acked"
+ACKED_LATE = "acked_late"
+STALE = "stale"
+NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    body: str
+    attributes: dict = field(default_factory=dict)
+    delay_seconds: int | None = None
+    dedup_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Sent:
+    id: int
+    duplicate: bool = False
+
+
+def message_send(*, queue: Queue, messages: Sequence[OutgoingMessage], now: dt.datetime | None = None) -> list[Sent]:
+    """New messages -> READY (or delayed); a dedup_id seen within the window returns the first id."""
+    now = now or timezone.now()
+    try:
+        return _send(queue=queue, messages=messages, now=now)
+    except IntegrityError:
+        # Another request inserted the same dedup_id between our check and insert:
+        # once more, and the check now sees it.
+        return _send(queue=queue, messages=messages, now=now)
+
+
+def _send(*, queue: Queue, messages: Sequence[OutgoingMessage], now: dt.datetime) -> list[Sent]:
+    dedup_ids = {m.dedup_id for m in messages if m.dedup_id}
+    with transaction.atomic():
+        known: dict[str, int] = {}
+        if dedup_ids:
+            window_start = now - dt.timedelta(seconds=app_settings.DEDUP_WINDOW_SECONDS)
+            # An id older than the window is free again: let the unique constraint forget it.
+            Message.objects.filter(queue=queue, dedup_id__in=dedup_ids, sent_at__lte=window_start).update(dedup_id=None)
+            known = dict(Message.objects.filter(queue=queue, dedup_id__in=dedup_ids).values_list("dedup_id", "id"))
+        rows, slots = [], []
+        first_in_batch: dict[str, int] = {}
+        for message in messages:
+            if message.dedup_id in known:
+                slots.append(("known", message.dedup_id))
+                continue
+            if message.dedup_id and message.dedup_id in first_in_batch:
+                slots.append(("batch", first_in_batch[message.dedup_id]))
+                continue
+            delay = queue.delay_seconds if message.delay_seconds is None else message.delay_seconds
+            if message.dedup_id:
+                first_in_batch[message.dedup_id] = len(rows)
+            slots.append(("new", len(rows)))
+            rows.append(
+                Message(
+                    queue=queue,
+                    body=message.body,
+                    attributes=message.attributes or {},
+                    dedup_id=message.dedup_id or None,
+                    sent_at=now,
+                    available_at=now + dt.timedelta(seconds=delay),
+                )
+            )
+        created = Message.objects.bulk_create(rows)
+    results = []
+    for kind, ref in slots:
+        if kind == "known":
+            results.append(Sent(id=known[ref], duplicate=True))
+        elif kind == "batch":
+            results.append(Sent(id=created[ref].pk, duplicate=True))
+        else:
+            results.append(Sent(id=created[ref].pk))
+    return results
+
+
+def message_receive(
+    *,
+    queue: Queue,
+    user=None,
+    consumer: str = "",
+    max_messages: int = 1,
+    visibility_timeout: int | None = None,
+    now: dt.datetime | None = None,
+) -> list[dict]:
+    """READY -> LEASED for up to `max_messages`, oldest first, each with a fresh receipt."""
+    now = now or timezone.now()
+    timeout = queue.visibility_timeout if visibility_timeout is None else visibility_timeout
+    expires = now + dt.timedelta(seconds=timeout)
+    token = secrets.token_hex(8)
+    with transaction.atomic():
+        if queue.on_timeout == Queue.OnTimeout.REQUEUE:
+            # Redelivery is on time even when the sweep is late (rule 2).
+            leases_expire_for_queue(queue_id=queue.id, now=now)
+        ids = list(
+            Message.objects.ready(now=now)
+            .filter(queue=queue)
+            .order_by("available_at", "id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:max_messages]
+        )
+        if not ids:
+            return []
+        # Re-checking the status makes this a compare-and-swap on SQLite, where
+        # FOR UPDATE is ignored and the IMMEDIATE transaction serialises writers.
+        rows = fetch(
+            f"""
+            UPDATE {MESSAGE} SET
+                status = 'leased',
+                receipt = CAST(id AS TEXT) || '.' || %s,
+                leased_at = %s,
+                lease_expires_at = %s,
+                consumer = %s,
+                leased_by_id = %s,
+                receive_count = receive_count + 1
+            WHERE id IN ({marks(ids)}) AND status = 'ready' AND available_at <= %s
+            RETURNING id, body, attributes, receipt, receive_count, sent_at, available_at
+            """,
+            [token, db_dt(now), db_dt(expires), consumer, getattr(user, "pk", None), *ids, db_dt(now)],
+        )
+    for row in rows:
+        row["attributes"] = py_json(row["attributes"])
+        row["sent_at"] = py_dt(row["sent_at"])
+        row["available_at"] = py_dt(row["available_at"])
+        row["lease_expires_at"] = expires
+    rows.sort(key=lambda row: (row.pop("available_at"), row["id"]))
+    return rows
+
+
+def _receipt_ids(receipts: Sequence[str]) -> dict[str, int | None]:
+    """Map each receipt to the message id it names, None when it is malformed."""
+    parsed: dict[str, int | None] = {}
+    for receipt in receipts:
+        head, sep, tail = receipt.partition(".")
+        parsed[receipt] = int(head) if sep and head.isdigit() and tail and len(head) < 19 else None
+    return parsed
+
+
+def _classify_missing(*, queue: Queue, missing: dict[str, int | None], now: dt.datetime) -> dict[str, dict]:
+    """Why a receipt changed nothing: acked earlier (ack is idempotent), stale, or not found."""
+    ids = {message_id for message_id in missing.values() if message_id is not None}
+    rows = {}
+    if ids:
+        rows = {
+            row["id"]: row
+            for row in Message.objects.filter(queue=queue, id__in=ids).values(
+                "id", "receipt", "status", "acked_from", "lease_expires_at"
+            )
+        }
+    verdicts = {}
+    for receipt, message_id in missing.items():
+        row = rows.get(message_id)
+        if row is None:
+            verdicts[receipt] = {"status": NOT_FOUND}
+        elif row["receipt"] == receipt and row["status"] == Message.Status.ACKED:
+            late = row["acked_from"] != Message.Status.LEASED
+            verdicts[receipt] = {"status": ACKED_LATE if late else ACKED}
+        elif row["receipt"] == receipt and row["status"] == Message.Status.LEASED:
+            verdicts[receipt] = {"status": STALE, "detail": "The lease has expired."}
+        elif row["receipt"] == receipt:
+            verdicts[receipt] = {"status": STALE, "detail": f"The message is {row['status']}, not leased."}
+        else:
+            verdicts[receipt] = {"status": STALE, "detail": "The message has been delivered again since."}
+    return verdicts
+
+
+def _results(receipts: Sequence[str], verdicts: dict[str, dict]) -> list[dict]:
+    return [{"receipt": receipt, **verdicts[receipt]} for receipt in receipts]
+
+
+def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | None = None) -> list[dict]:
+    """LEASED (or, late, REVIEW / READY not yet redelivered) -> ACKED, one status per receipt."""
+    now = now or timezone.now()
+    parsed = _receipt_ids(receipts)
+    valid = [receipt for receipt, message_id in parsed.items() if message_id is not None]
+    rows = []
+    if valid:
+        # acked_from keeps the state the ack found: SET reads the row as it was.
+        rows = fetch(
+            f"""
+            UPDATE {MESSAGE} SET
+                status = 'acked',
+                acked_at = %s,
+                acked_from = CASE
+                    WHEN status = 'leased' AND lease_expires_at > %s THEN 'leased'
+                    WHEN status = 'leased' THEN 'expired'
+                    ELSE status END
+            WHERE queue_id = %s AND receipt IN ({marks(valid)})
+              AND status IN ('leased', 'review', 'ready')
+            RETURNING id, receipt, acked_from, consumer, receive_count, review_reason
+            """,
+            [db_dt(now), db_dt(now), queue.id, *valid],
+        )
+    verdicts = {
+        row["receipt"]: {"status": ACKED if row["acked_from"] == Message.Status.LEASED else ACKED_LATE} for row in rows
+    }
+    from_review = [row for row in rows if row["acked_from"] == Message.Status.REVIEW]
+    if from_review:
+        ReviewDecision.objects.bulk_create(
+            ReviewDecision(
+                queue=queue,
+                queue_name=queue.name,
+                message_id=row["id"],
+                action=ReviewDecision.Action.ACKED_LATE,
+                actor=row["consumer"] or "(unnamed consumer)",
+                note=f"acknowledged late by {row['consumer'] or 'an unnamed consumer'}",
+                review_reason=row["review_reason"],
+                receive_count=row["receive_count"],
+                created_at=now,
+            )
+            for row in from_review
+        )
+    missing = {receipt: message_id for receipt, message_id in parsed.items() if receipt not in verdicts}
+    if missing:
+        verdicts.update(_classify_missing(queue=queue, missing=missing, now=now))
+    return _results(receipts, verdicts)
+
+
+def _live_lease_update(
+    *, queue: Queue, receipts: Sequence[str], now: dt.datetime, set_sql: str, set_params: list, done: str
+) -> tuple[list[int], list[dict]]:
+    """Apply `set_sql` to the messages whose receipt holds a live lease; return changed ids and results."""
+    parsed = _receipt_ids(receipts)
+    valid = [receipt for receipt, message_id in parsed.items() if message_id is not None]
+    changed: list[int] = []
+    if valid:
+        rows = fetch(
+            f"""
+            UPDATE {MESSAGE} SET {set_sql}
+            WHERE queue_id = %s AND receipt IN ({marks(valid)})
+              AND status = 'leased' AND lease_expires_at > %s
+            RETURNING id
+            """,
+            [*set_params, queue.id, *valid, db_dt(now)],
+        )
+        changed = [row["id"] for row in rows]
+    done_ids = set(changed)
+    verdicts = {receipt: {"status": done} for receipt, message_id in parsed.items() if message_id in done_ids}
+    missing = {receipt: message_id for receipt, message_id in parsed.items() if receipt not in verdicts}
+    if missing:
+        verdicts.update(_classify_missing(queue=queue, missing=missing, now=now))
+    return changed, _results(receipts, verdicts)
+
+
+def message_extend(
+    *, queue: Queue, receipts: Sequence[str], visibility_timeout: int, now: dt.datetime | None = None
+) -> list[dict]:
+    """LEASED -> LEASED until now + visibility_timeout, for live leases only."""
+    now = now or timezone.now()
+    expires = now + dt.timedelta(seconds=visibility_timeout)
+    _, results = _live_lease_update(
+        queue=queue,
+        receipts=receipts,
+        now=now,
+        set_sql="lease_expires_at = %s",
+        set_params=[db_dt(expires)],
+        done="extended",
+    )
+    for result in results:
+        if result["status"] == "extended":
+            result["lease_expires_at"] = expires
+    return results
+
+
+def message_release(
+    *, queue: Queue, receipts: Sequence[str], delay_seconds: int = 0, now: dt.datetime | None = None
+) -> list[dict]:
+    """LEASED -> READY (after an optional delay); the receipt stops working."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        changed, results = _live_lease_update(
+            queue=queue,
+            receipts=receipts,
+            now=now,
+            set_sql="status = 'ready', available_at = %s, receipt = NULL, lease_expires_at = NULL",
+            set_params=[db_dt(now + dt.timedelta(seconds=delay_seconds))],
+            done="released",
+        )
+        deliveries_record(ids=changed, outcome=Delivery.Outcome.RELEASED, ended_at=now)
+    return results
+
+
+def message_reject(
+    *, queue: Queue, receipts: Sequence[str], reason: str = "", now: dt.datetime | None = None
+) -> list[dict]:
+    """LEASED -> REVIEW (reason "rejected"): a poison message for an operator to judge."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        changed, results = _live_lease_update(
+            queue=queue,
+            receipts=receipts,
+            now=now,
+            set_sql=(
+                "status = 'review', review_reason = 'rejected', review_note = %s, review_at = %s,"
+                " receipt = NULL, lease_expires_at = NULL"
+            ),
+            set_params=[reason, db_dt(now)],
+            done="rejected",
+        )
+        deliveries_record(ids=changed, outcome=Delivery.Outcome.REJECTED, ended_at=now, reason=reason)
+    return results
+
+
+def message_json_size(*, body: str, attributes: dict | None) -> int:
+    """UTF-8 bytes a message counts against its queue's max_message_bytes."""
+    size = len(body.encode("utf-8", "surrogatepass"))
+    if attributes:
+        size += len(json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    return size

@@ -1,0 +1,60 @@
+"""Shared fixtures: users, tokens, API clients and queues, built with factories."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from rest_framework.test import APIClient
+
+from queues.services import token_create
+from tests.factories import QueueFactory, UserFactory
+
+requires_postgres = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
+    reason="needs PostgreSQL: set DATABASE_URL=postgres://...",
+)
+requires_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL=redis://...")
+
+
+def api_client_for(user) -> APIClient:
+    """An API client that authenticates as `user` with a fresh token."""
+    _, key = token_create(user=user, name="test")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def other_user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def staff_user(db):
+    return UserFactory(staff=True)
+
+
+@pytest.fixture
+def api(user):
+    return api_client_for(user)
+
+
+@pytest.fixture
+def other_api(other_user):
+    return api_client_for(other_user)
+
+
+@pytest.fixture
+def queue(user):
+    return QueueFactory(owner=user, name="jobs")
+
+
+@pytest.fixture
+def requeue_queue(user):
+    return QueueFactory(owner=user, name="retry", on_timeout="requeue", max_receives=2)

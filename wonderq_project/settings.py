@@ -1,0 +1,228 @@
+"""WonderQ settings, read from the environment.
+
+Every variable is listed in the README. The defaults run the whole service on one
+machine with nothing to install: SQLite beside manage.py and a local-memory cache.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Read a yes/no variable; anything but 1/true/yes/on is false."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    """Read a comma-separated variable into a list, dropping empty items."""
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off. "
+            "For local use set DJANGO_DEBUG=1, or export a long random DJANGO_SECRET_KEY."
+        )
+    SECRET_KEY = "insecure-development-key-only-used-with-DJANGO_DEBUG"  # noqa: S105
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "queues",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "wonderq_project.urls"
+WSGI_APPLICATION = "wonderq_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+# DATABASE_URL picks the engine; the default is a SQLite file beside manage.py.
+DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+_db = dj_database_url.parse(DATABASE_URL)
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        # Writers take the lock at BEGIN, so a read-then-write never upgrades a
+        # shared lock (the source of "database is locked" under load).
+        "transaction_mode": "IMMEDIATE",
+        # Seconds a writer waits for the lock before giving up.
+        "timeout": float(os.environ.get("WONDERQ_SQLITE_BUSY_TIMEOUT", "20")),
+        "init_command": ("PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;PRAGMA foreign_keys=ON;"),
+    }
+    # Tests use a file too: an in-memory database proves nothing about concurrency.
+    _db["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    _db["OPTIONS"] = {
+        "pool": {
+            "min_size": int(os.environ.get("WONDERQ_DB_POOL_MIN", "1")),
+            "max_size": int(os.environ.get("WONDERQ_DB_POOL_MAX", "10")),
+            "timeout": 10,
+        },
+    }
+    _db["CONN_MAX_AGE"] = 0  # the pool keeps connections; Django must not.
+    # With a pool, Django hands this to psycopg: a connection is checked before it is lent out.
+    _db["CONN_HEALTH_CHECKS"] = True
+else:
+    raise ImproperlyConfigured(f"DATABASE_URL must be sqlite:// or postgres://, got {_db['ENGINE']}")
+DATABASES = {"default": _db}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache (rate-limit counters, authentication cache) ---------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "wonderq",
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # django-ratelimit refuses a cache that processes do not share. Without
+    # REDIS_URL the embedded default runs in one process, where it is shared.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+
+RATELIMIT_ENABLE = env_bool("WONDERQ_RATELIMIT_ENABLE", True)
+
+# --- Auth ----------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Security (production defaults; see `manage.py check --deploy`) --------------
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# Django refuses larger form bodies; the API's JSON parser has its own limit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("WONDERQ_MAX_REQUEST_BYTES", str(2 * 1024 * 1024)))
+
+# --- REST framework ------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "queues.api.authentication.ApiTokenAuthentication",
+        # Staff signed in to the admin can use the docs page; CSRF applies.
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["queues.api.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "queues.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "WonderQ API",
+    "DESCRIPTION": "A durable message queue with leases and a human-reviewed timeout queue.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # The docs page's assets are served by the app itself: no CDN, works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- django-q2: the ORM broker keeps the scheduler on the same database ----------
+Q_CLUSTER = {
+    "name": "wonderq",
+    "orm": "default",
+    "workers": int(os.environ.get("WONDERQ_Q_WORKERS", "1")),
+    "timeout": 300,
+    "retry": 360,
+    "max_attempts": 1,
+    "catch_up": False,
+    "save_limit": 200,
+    "poll": 0.5,
+    "label": "Scheduler",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+    "loggers": {"django_q": {"level": "WARNING"}},
+}
+
+# --- WonderQ (read through queues.conf.app_settings; defaults live there) --------
+for _name in (
+    "WONDERQ_MAX_MESSAGE_BYTES",
+    "WONDERQ_MAX_BATCH",
+    "WONDERQ_DEFAULT_VISIBILITY_TIMEOUT",
+    "WONDERQ_MAX_VISIBILITY_TIMEOUT",
+    "WONDERQ_MAX_WAIT_SECONDS",
+    "WONDERQ_MAX_DELAY_SECONDS",
+    "WONDERQ_DEFAULT_MAX_RECEIVES",
+    "WONDERQ_ACKED_RETENTION_SECONDS",
+    "WONDERQ_DEDUP_WINDOW_SECONDS",
+    "WONDERQ_SWEEP_BATCH",
+    "WONDERQ_MAX_JSON_DEPTH",
+):
+    if _name in os.environ:
+        globals()[_name] = int(os.environ[_name])
+WONDERQ_MAX_REQUEST_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
