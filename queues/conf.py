@@ -18,7 +18,10 @@ DEFAULTS = {
     "SWEEP_BATCH": 10_000,
     "MAX_JSON_DEPTH": 32,
     "MAX_REQUEST_BYTES": 2 * 1024 * 1024,
-    "POLL_INTERVAL": 0.1,  # seconds between tries of a long-polling receive
+    "POLL_INTERVAL": 0.1,
+    "SNAPSHOT_RETENTION_DAYS": 7,
+    "DECISION_RETENTION_DAYS": 365,
+    "SWEEP_EVERY_MINUTES": 1,  # seconds between tries of a long-polling receive
 }
 
 

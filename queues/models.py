@@ -317,3 +317,24 @@ class ReviewItem(Message):
     class Meta:
         proxy = True
         verbose_name = "review item"
+
+
+class QueueSnapshot(models.Model):
+    """A queue's depth at one moment, taken by the scheduled stats task; the dashboard charts these."""
+
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="snapshots")
+    taken_at = models.DateTimeField()
+    ready = models.PositiveIntegerField(default=0)
+    delayed = models.PositiveIntegerField(default=0)
+    leased = models.PositiveIntegerField(default=0)
+    review = models.PositiveIntegerField(default=0)
+    sent = models.PositiveIntegerField(default=0, help_text="Messages sent since the previous snapshot.")
+    acked = models.PositiveIntegerField(default=0, help_text="Messages acked since the previous snapshot.")
+    last_message_id = models.BigIntegerField(default=0, help_text="Highest message id seen; counts 'sent' next time.")
+
+    class Meta:
+        ordering = ["queue", "taken_at"]
+        indexes = [models.Index(fields=["queue", "taken_at"], name="snapshot_queue_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} at {self.taken_at:%Y-%m-%d %H:%M}"

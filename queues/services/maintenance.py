@@ -1,0 +1,92 @@
+"""Periodic upkeep: per-queue stats snapshots and retention pruning, each in bounded statements."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from queues.conf import app_settings
+from queues.models import Delivery, Message, Queue, QueueSnapshot, ReviewDecision
+from queues.services.queues import queue_counts
+
+
+def stats_snapshot(*, now: dt.datetime | None = None) -> int:
+    """Record every queue's depth and what was sent and acked since its last snapshot; returns how many."""
+    now = now or timezone.now()
+    queue_ids = list(Queue.objects.values_list("id", flat=True))
+    if not queue_ids:
+        return 0
+    counts = queue_counts(queue_ids=queue_ids, now=now)
+    snapshots = []
+    for queue_id in queue_ids:
+        previous = QueueSnapshot.objects.filter(queue_id=queue_id).order_by("-taken_at").first()
+        last_seen = previous.last_message_id if previous else 0
+        since = previous.taken_at if previous else now - dt.timedelta(minutes=1)
+        # Ids only grow, so "sent since" is a primary-key range over the new rows alone.
+        sent = Message.objects.filter(queue_id=queue_id, id__gt=last_seen).aggregate(n=Count("id"), last=Max("id"))
+        acked = Message.objects.filter(
+            status=Message.Status.ACKED, queue_id=queue_id, acked_at__gt=since, acked_at__lte=now
+        ).count()
+        snapshots.append(
+            QueueSnapshot(
+                queue_id=queue_id,
+                taken_at=now,
+                sent=sent["n"],
+                acked=acked,
+                last_message_id=sent["last"] or last_seen,
+                **{k: counts[queue_id][k] for k in ("ready", "delayed", "leased", "review")},
+            )
+        )
+    QueueSnapshot.objects.bulk_create(snapshots)
+    return len(snapshots)
+
+
+@dataclass
+class PruneResult:
+    acked: int = 0
+    deliveries: int = 0
+    snapshots: int = 0
+    decisions: int = 0
+
+
+def _delete_in_batches(queryset, batch: int) -> int:
+    """Delete what `queryset` selects, `batch` rows a transaction."""
+    total = 0
+    while True:
+        with transaction.atomic():
+            ids = list(queryset.values_list("id", flat=True)[:batch])
+            if not ids:
+                return total
+            deleted, _ = queryset.model.objects.filter(id__in=ids).delete()
+        total += deleted
+        if len(ids) < batch:
+            return total
+
+
+def prune(*, now: dt.datetime | None = None, batch_size: int | None = None) -> PruneResult:
+    """Delete acked tombstones past retention, history of messages that are gone, old snapshots and decisions."""
+    now = now or timezone.now()
+    batch = batch_size or app_settings.SWEEP_BATCH
+    result = PruneResult()
+    acked_before = now - dt.timedelta(seconds=app_settings.ACKED_RETENTION_SECONDS)
+    result.acked = _delete_in_batches(
+        Message.objects.filter(status=Message.Status.ACKED, acked_at__lt=acked_before).order_by("acked_at"), batch
+    )
+    result.deliveries = _delete_in_batches(
+        Delivery.objects.filter(~Q(message_id__in=Message.objects.values("id"))).order_by("id"), batch
+    )
+    result.snapshots = _delete_in_batches(
+        QueueSnapshot.objects.filter(taken_at__lt=now - dt.timedelta(days=app_settings.SNAPSHOT_RETENTION_DAYS)),
+        batch,
+    )
+    result.decisions = _delete_in_batches(
+        ReviewDecision.objects.filter(
+            created_at__lt=now - dt.timedelta(days=app_settings.DECISION_RETENTION_DAYS)
+        ).order_by("id"),
+        batch,
+    )
+    return result
