@@ -1,0 +1,24 @@
+"""Delete every READY message of a queue."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from queues.models import Queue
+from queues.services import queue_purge
+
+
+class Command(BaseCommand):
+    help = "Delete every READY (and delayed) message of a queue. Leased and review messages stay."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="The queue's name.")
+        parser.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+
+    def handle(self, *args, name, yes, **options):
+        queue = Queue.objects.filter(name=name).first()
+        if queue is None:
+            raise CommandError(f"No queue named {name!r}.")
+        if not yes:
+            answer = input(f"Delete every ready message of {name!r}? Type the queue's name to confirm: ")
+            if answer.strip() != name:
+                raise CommandError("Not confirmed; nothing deleted.")
+        self.stdout.write(f"Purged {queue_purge(queue=queue)} messages from {name!r}.")

@@ -1,0 +1,50 @@
+"""Requeue review items in bulk, by queue, reason, consumer and age."""
+
+import datetime as dt
+
+from django.core.management.base import BaseCommand, CommandError
+
+from queues.models import Message
+from queues.services.bulk import review_matching, review_requeue_matching
+
+
+class Command(BaseCommand):
+    help = "Put review items back in their queues. Filters combine; --dry-run shows the count and a sample."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--queue", help="Only this queue.")
+        parser.add_argument("--reason", choices=Message.ReviewReason.values, help="Only items with this reason.")
+        parser.add_argument("--consumer", help="Only items last held by this consumer label.")
+        parser.add_argument("--older-than", type=int, metavar="SECONDS", help="Only items in review this long.")
+        parser.add_argument("--delay", type=int, default=0, metavar="SECONDS", help="Delay before redelivery.")
+        parser.add_argument("--note", default="", help="Kept with each decision.")
+        parser.add_argument("--dry-run", action="store_true", help="Show what would be requeued; change nothing.")
+
+    def handle(self, *args, queue, reason, consumer, older_than, delay, note, dry_run, **options):
+        if older_than is not None and older_than < 0:
+            raise CommandError("--older-than must be 0 or more")
+        if not 0 <= delay <= 900:
+            raise CommandError("--delay must be between 0 and 900")
+        filters = {
+            "queue": queue,
+            "reason": reason,
+            "consumer": consumer,
+            "older_than": None if older_than is None else dt.timedelta(seconds=older_than),
+        }
+        if dry_run:
+            items = review_matching(**filters)
+            self.stdout.write(f"{items.count()} review items match. A sample:")
+            for item in items.select_related("queue")[:10]:
+                self.stdout.write(
+                    f"  #{item.id} queue={item.queue.name} reason={item.review_reason} "
+                    f"consumer={item.consumer or '-'} receives={item.receive_count} body={item.body[:60]!r}"
+                )
+            return
+
+        def progress(done):
+            self.stderr.write(f"  {done} requeued so far")
+
+        total = review_requeue_matching(
+            actor="requeue_review command", delay_seconds=delay, note=note, progress=progress, **filters
+        )
+        self.stdout.write(f"Requeued {total} review items.")

@@ -1,0 +1,95 @@
+"""Run the whole service: migrate, then the web server (gunicorn) and the scheduler (django-q2) together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = (
+        "Migrate the database, then run gunicorn and the django-q2 cluster (expiry sweep, stats, pruning) "
+        "side by side. Ctrl-C stops both."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--bind", default=os.environ.get("WONDERQ_BIND", "127.0.0.1:8000"), help="host:port")
+        parser.add_argument("--workers", type=int, default=int(os.environ.get("WONDERQ_WORKERS", "2")))
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=int(os.environ.get("WONDERQ_THREADS", "8")),
+            help="Threads per worker; long-polling receives each hold one while they wait.",
+        )
+        parser.add_argument("--no-scheduler", action="store_true", help="Run the web server only.")
+        parser.add_argument("--no-migrate", action="store_true", help="Skip migrate.")
+
+    def handle(self, *args, bind, workers, threads, no_scheduler, no_migrate, verbosity, **options):
+        if workers < 1 or threads < 1:
+            raise CommandError("--workers and --threads must be at least 1")
+        if not no_migrate:
+            call_command("migrate", interactive=False, verbosity=max(0, verbosity - 1))
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        commands = {
+            "web": [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "wonderq_project.wsgi:application",
+                "--bind",
+                bind,
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--worker-class",
+                "gthread",
+                "--access-logfile",
+                "-",
+                "--graceful-timeout",
+                "25",
+            ],
+        }
+        if not no_scheduler:
+            commands["scheduler"] = [*manage, "qcluster"]
+        # Our own interpreter and fixed arguments: nothing here comes from a request.
+        children = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR) for name, cmd in commands.items()}  # noqa: S603
+        self.stderr.write(f"WonderQ on http://{bind}/ (API /api/v1/, admin /admin/); Ctrl-C stops.")
+
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        exit_code = 0
+        try:
+            while not stopping:
+                for name, child in children.items():
+                    if child.poll() is not None:
+                        self.stderr.write(f"{name} exited with status {child.returncode}; stopping the rest.")
+                        exit_code = child.returncode or 1
+                        stopping = True
+                time.sleep(0.2)
+        finally:
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            for child in children.values():
+                try:
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        if exit_code:
+            raise CommandError(f"stopped because a process exited with status {exit_code}")
+        self.stderr.write("Stopped.")
