@@ -1,0 +1,112 @@
+"""Maintenance commands are thin shells: each runs its service and reports counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from django_q.models import Schedule
+
+from queues import services
+from queues.models import ApiToken, Message, Queue, ReviewDecision
+from queues.schedules import SCHEDULES
+from tests.factories import MessageFactory, QueueFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args, **kwargs) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=StringIO(), **kwargs)
+    return out.getvalue()
+
+
+def _in_review(queue: Queue, count: int, *, consumer: str = "worker-1") -> list[int]:
+    past = timezone.now() - dt.timedelta(hours=1)
+    MessageFactory.create_batch(count, queue=queue, sent_at=past)
+    services.message_receive(queue=queue, consumer=consumer, max_messages=count, now=past)
+    services.leases_sweep()
+    return list(Message.objects.filter(queue=queue, status="review").values_list("id", flat=True))
+
+
+def test_create_token__creates_user_and_prints_a_working_key_once():
+    key = run("create_token", "carol", "--name", "ci").strip()
+    token = ApiToken.objects.get(user__username="carol")
+    assert token.name == "ci"
+    assert key.startswith("wq_") and token.digest == ApiToken.digest_of(key) and key not in token.digest
+    assert services.token_authenticate(key=key) == token
+
+
+def test_create_queue__validates_name_and_owner():
+    UserFactory(username="dave")
+    assert "Created queue 'orders'" in run("create_queue", "orders", "--owner", "dave", "--on-timeout", "requeue")
+    assert Queue.objects.get(name="orders").on_timeout == "requeue"
+    with pytest.raises(CommandError, match="already exists"):
+        run("create_queue", "orders", "--owner", "dave")
+    with pytest.raises(CommandError, match="1-80 characters"):
+        run("create_queue", "bad name", "--owner", "dave")
+    with pytest.raises(CommandError, match="No user"):
+        run("create_queue", "other", "--owner", "nobody")
+
+
+def test_sweep__moves_expired_leases_and_prints_counts():
+    queue = QueueFactory()
+    past = timezone.now() - dt.timedelta(hours=1)
+    MessageFactory.create_batch(3, queue=queue, sent_at=past)
+    services.message_receive(queue=queue, max_messages=3, now=past)
+    assert "Swept 3 expired leases in 1 batches: 3 to review, 0 back to ready." in run("sweep")
+    assert "Swept 0 expired leases" in run("sweep")
+
+
+def test_requeue_review__dry_run_changes_nothing_then_filters_apply():
+    queue = QueueFactory(name="mail")
+    ids_a = _in_review(queue, 3, consumer="a")
+    _in_review(QueueFactory(name="other"), 2, consumer="b")
+    out = run("requeue_review", "--queue", "mail", "--dry-run")
+    assert "3 review items match" in out and f"#{ids_a[0]}" in out
+    assert Message.objects.filter(status="review").count() == 5
+    assert "Requeued 3 review items." in run("requeue_review", "--consumer", "a", "--note", "fixed bug")
+    assert set(Message.objects.filter(status="ready").values_list("id", flat=True)) == set(ids_a)
+    assert ReviewDecision.objects.filter(action="requeued", note="fixed bug").count() == 3
+    assert "Requeued 0 review items." in run("requeue_review", "--queue", "other", "--older-than", "86400")
+
+
+def test_purge_queue__deletes_ready_only():
+    queue = QueueFactory(name="p")
+    MessageFactory.create_batch(4, queue=queue)
+    services.message_receive(queue=queue, max_messages=1)
+    assert "Purged 3 messages" in run("purge_queue", "p", "--yes")
+    assert Message.objects.filter(queue=queue).count() == 1
+    with pytest.raises(CommandError, match="No queue"):
+        run("purge_queue", "missing", "--yes")
+
+
+def test_queue_stats__prints_a_row_per_queue():
+    queue = QueueFactory(name="stats")
+    MessageFactory.create_batch(2, queue=queue)
+    out = run("queue_stats")
+    assert "stats" in out.splitlines()[1] and out.splitlines()[1].split()[1] == "2"
+
+
+def test_setup_schedules__is_idempotent():
+    run("setup_schedules")
+    run("setup_schedules")
+    assert Schedule.objects.filter(name__in=SCHEDULES).count() == len(SCHEDULES)
+    assert Schedule.objects.get(name="wonderq.sweep").func == "queues.tasks.sweep"
+
+
+def test_prune__deletes_old_acked_tombstones_only():
+    queue = QueueFactory()
+    past = timezone.now() - dt.timedelta(days=1)
+    MessageFactory.create_batch(2, queue=queue, sent_at=past)
+    [old] = services.message_receive(queue=queue, now=past)
+    services.message_ack(queue=queue, receipts=[old["receipt"]], now=past)
+    [recent] = services.message_receive(queue=queue)
+    services.message_ack(queue=queue, receipts=[recent["receipt"]])
+    assert "Pruned 1 acked messages" in run("prune")
+    assert list(Message.objects.values_list("id", flat=True)) == [recent["id"]]
+    # A retried ack inside the retention window still answers "acked".
+    assert services.message_ack(queue=queue, receipts=[recent["receipt"]])[0]["status"] == "acked"
