@@ -32,7 +32,7 @@ def _call(url: str, token: str | None = None, body: dict | None = None) -> tuple
     if token:
         request.add_header("Authorization", f"Token {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own local server)
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
@@ -49,7 +49,7 @@ def served(tmp_path):
         "DJANGO_DEBUG": "1",
     }
     env.pop("REDIS_URL", None)
-    process = subprocess.Popen(  # noqa: S603 (fixed arguments)
+    process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
         cwd=ROOT,
         env=env,
@@ -68,7 +68,7 @@ def served(tmp_path):
             time.sleep(0.2)
         else:
             pytest.fail("serve did not answer /health/ within 20 s")
-        token = subprocess.run(  # noqa: S603
+        token = subprocess.run(
             [sys.executable, "manage.py", "create_token", "e2e"],
             cwd=ROOT,
             env=env,
