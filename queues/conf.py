@@ -19,6 +19,8 @@ DEFAULTS = {
     "MAX_JSON_DEPTH": 32,
     "MAX_REQUEST_BYTES": 2 * 1024 * 1024,
     "POLL_INTERVAL": 0.1,
+    # How long a token's authentication is cached; a revoked token works at most this long elsewhere.
+    "AUTH_CACHE_SECONDS": 5,
     "SNAPSHOT_RETENTION_DAYS": 7,
     "DECISION_RETENTION_DAYS": 365,
     "SWEEP_EVERY_MINUTES": 1,  # seconds between tries of a long-polling receive

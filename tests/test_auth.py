@@ -1,0 +1,119 @@
+"""Token authentication: hashed keys, cached lookups, revocation and expiry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from django.core.cache import cache
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from queues.models import ApiToken
+from queues.services import token_authenticate, token_create, token_revoke
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/queues/"
+
+
+def client_with(key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client
+
+
+def test_token__only_the_digest_is_stored(user):
+    token, key = token_create(user=user, name="ci")
+    row = ApiToken.objects.filter(pk=token.pk).values().get()
+    assert key not in {str(value) for value in row.values()}
+    assert row["digest"] == ApiToken.digest_of(key)
+
+
+def test_token__no_stored_value_authenticates(user):
+    token, key = token_create(user=user, name="ci")
+    assert client_with(key).get(URL).status_code == 200
+    row = ApiToken.objects.filter(pk=token.pk).values().get()
+    for value in row.values():
+        if value is None:
+            continue
+        response = client_with(str(value)).get(URL)
+        assert response.status_code == 401, (value, response.content)
+
+
+def test_token__cached_lookup_costs_no_query(user, django_assert_num_queries):
+    _, key = token_create(user=user, name="ci")
+    assert token_authenticate(key=key) is not None
+    with django_assert_num_queries(0):
+        assert token_authenticate(key=key).user == user
+
+
+def test_token__revoked_through_the_service_stops_at_once(user):
+    token, key = token_create(user=user, name="ci")
+    client = client_with(key)
+    assert client.get(URL).status_code == 200
+    assert token_revoke(token=token) is True
+    response = client.get(URL)
+    assert response.status_code == 401
+    assert response.json()["code"] == "authentication_failed"
+
+
+def test_token__revoked_elsewhere_stops_within_the_cache_lifetime(user, settings):
+    settings.WONDERQ_AUTH_CACHE_SECONDS = 1
+    token, key = token_create(user=user, name="ci")
+    client = client_with(key)
+    assert client.get(URL).status_code == 200
+    # Another process revoked it: this process's cache does not know yet.
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    assert client.get(URL).status_code == 200
+    time.sleep(1.1)
+    assert client.get(URL).status_code == 401
+
+
+def test_token__expired_is_refused_even_from_the_cache(user):
+    soon = timezone.now() + dt.timedelta(seconds=30)
+    _, key = token_create(user=user, name="ci", expires_at=soon)
+    assert token_authenticate(key=key) is not None
+    assert token_authenticate(key=key, now=soon + dt.timedelta(seconds=1)) is None
+
+
+def test_token__last_used_is_recorded_at_most_once_a_minute(user):
+    token, key = token_create(user=user, name="ci")
+    t0 = timezone.now()
+    token_authenticate(key=key, now=t0)
+    token.refresh_from_db()
+    assert token.last_used_at == t0
+    cache.clear()  # the next lookups miss the cache, as they would after its lifetime
+    token_authenticate(key=key, now=t0 + dt.timedelta(seconds=30))
+    token.refresh_from_db()
+    assert token.last_used_at == t0
+    cache.clear()
+    token_authenticate(key=key, now=t0 + dt.timedelta(seconds=61))
+    token.refresh_from_db()
+    assert token.last_used_at == t0 + dt.timedelta(seconds=61)
+
+
+def test_token__user_deactivated_is_refused(user):
+    _, key = token_create(user=user, name="ci")
+    user.is_active = False
+    user.save()
+    assert client_with(key).get(URL).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Token", "Token a b", "Bearer abc", "Token \u00e9t\u00e9", "Token " + "x" * 5000],
+)
+def test_token__malformed_header_is_refused(header):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    assert client.get(URL).status_code == 401
+
+
+def test_token__several_per_user_revoke_one(user):
+    first, key1 = token_create(user=user, name="a")
+    _, key2 = token_create(user=user, name="b")
+    token_revoke(token=first)
+    assert client_with(key1).get(URL).status_code == 401
+    assert client_with(key2).get(URL).status_code == 200
