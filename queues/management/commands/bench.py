@@ -1,0 +1,231 @@
+"""End-to-end load benchmark: a real gunicorn, the configured database, HTTP with keep-alive."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+from django.utils import timezone
+
+from queues.bench import load
+from queues.bench.data import expired_leases_create
+from queues.bench.report import svg_chart, table
+from queues.services import leases_sweep, queue_create, token_create
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(children.get(current, []))
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+class Command(BaseCommand):
+    help = (
+        "Benchmark WonderQ end to end: start gunicorn on 127.0.0.1 over the configured database (or use --url), "
+        "run producer and consumer processes doing send B -> receive B -> ack B over HTTP, and report msgs/s, "
+        "per-request p50/p99, server memory and errors as a table, JSON and an SVG chart."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--url", help="Benchmark a running server (its /api/v1 base URL); needs --token.")
+        parser.add_argument("--token", help="API token for --url.")
+        parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2).")
+        parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4).")
+        parser.add_argument("--producers", type=int, default=2, help="producer processes (default 2).")
+        parser.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2).")
+        parser.add_argument("--duration", type=float, default=20, help="seconds per batch size (default 20).")
+        parser.add_argument("--batch", default="1,10,100", help="comma-separated batch sizes (default 1,10,100).")
+        parser.add_argument("--sweep", type=int, default=0, metavar="N", help="also time a sweep of N expired leases.")
+        parser.add_argument(
+            "--output", default="bench-results", help="folder for JSON and SVG (default bench-results)."
+        )
+
+    def handle(self, *args, **opts):
+        try:
+            batches = [int(b) for b in opts["batch"].split(",")]
+        except ValueError:
+            raise CommandError("--batch takes comma-separated whole numbers, e.g. 1,10,100") from None
+        if not batches or any(not 1 <= b <= 100 for b in batches):
+            raise CommandError("each batch size must be between 1 and 100")
+        if opts["duration"] <= 0 or min(opts["producers"], opts["consumers"], opts["workers"]) < 1:
+            raise CommandError("--duration, --producers, --consumers and --workers must be positive")
+        if opts["url"] and not opts["token"]:
+            raise CommandError("--url needs --token")
+
+        server = None
+        if opts["url"]:
+            base, token = opts["url"].rstrip("/"), opts["token"]
+        else:
+            call_command("migrate", interactive=False, verbosity=0)
+            server, base = self._start_server(opts["workers"], opts["threads"])
+            from django.contrib.auth import get_user_model
+
+            user, _ = get_user_model().objects.get_or_create(username="bench")
+            _, token = token_create(user=user, name="bench")
+        try:
+            results = [self._phase(base, token, batch, opts, server) for batch in batches]
+        finally:
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
+        self._write(results, opts)
+
+    def _start_server(self, workers: int, threads: int):
+        port = _free_port()
+        cmd = [
+            sys.executable, "-m", "gunicorn", "wonderq_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
+            "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
+            "--log-level", "warning",
+        ]  # fmt: skip
+        server = subprocess.Popen(cmd, cwd=settings.BASE_DIR, env=os.environ.copy())  # noqa: S603 (fixed arguments)
+        base = f"http://127.0.0.1:{port}/api/v1"
+        for _ in range(150):
+            try:
+                with urllib.request.urlopen(f"{base}/health/", timeout=2):  # noqa: S310 (our own server)
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            server.kill()
+            raise CommandError("gunicorn did not start within 30 s")
+        self.stderr.write(f"gunicorn: {workers} workers x {threads} threads on {base}")
+        return server, base
+
+    def _phase(self, base: str, token: str, batch: int, opts: dict, server) -> dict:
+        name = f"bench-{int(time.time())}-b{batch}"
+        if opts["url"]:
+            load.Client(base, token).post("/queues/", {"name": name})
+        else:
+            from django.contrib.auth import get_user_model
+
+            queue_create(name=name, owner=get_user_model().objects.get(username="bench"), visibility_timeout=60)
+        seconds = opts["duration"]
+        sweep: dict = {}
+        sweeper = None
+        if opts["sweep"] and not opts["url"] and batch == int(opts["batch"].split(",")[0]):
+            sweeper = self._sweeper(opts["sweep"], sweep)
+        self.stderr.write(f"batch {batch}: {opts['producers']} producers, {opts['consumers']} consumers, {seconds}s")
+        rss_samples: list[int] = []
+        with ProcessPoolExecutor(max_workers=opts["producers"] + opts["consumers"]) as pool:
+            futures = [pool.submit(load.produce, base, token, name, batch, seconds) for _ in range(opts["producers"])]
+            futures += [pool.submit(load.consume, base, token, name, batch, seconds) for _ in range(opts["consumers"])]
+            started = time.monotonic()
+            if sweeper:
+                time.sleep(min(2.0, seconds / 4))
+                sweeper.start()
+            while not all(f.done() for f in futures):
+                time.sleep(1)
+                if server is not None:
+                    rss_samples.append(_tree_rss_kib(server.pid))
+                self.stderr.write(f"  {time.monotonic() - started:4.0f}s", ending="\r")
+            tallies = [f.result() for f in futures]
+        if sweeper:
+            sweeper.join()
+        elapsed = max(seconds, 1e-9)
+        latencies = {op: [v for t in tallies for v in t.latencies[op]] for op in ("send", "receive", "ack")}
+        result = {
+            "batch": batch,
+            "duration_s": seconds,
+            "sent": sum(t.sent for t in tallies),
+            "acked": sum(t.acked for t in tallies),
+            "sent_per_s": sum(t.sent for t in tallies) / elapsed,
+            "acked_per_s": sum(t.acked for t in tallies) / elapsed,
+            "latency_ms": {
+                op: {
+                    "p50": None if not values else load.percentile(values, 0.5) * 1000,
+                    "p99": None if not values else load.percentile(values, 0.99) * 1000,
+                    "requests": len(values),
+                }
+                for op, values in latencies.items()
+            },
+            "errors": sum(t.errors for t in tallies),
+            "error_samples": [s for t in tallies for s in t.error_samples][:5],
+            "server_rss_mib": None if not rss_samples else max(rss_samples) / 1024,
+        }
+        if sweep:
+            result["sweep"] = sweep
+        self.stderr.write(
+            f"  sent {result['sent_per_s']:,.0f}/s, acked {result['acked_per_s']:,.0f}/s, errors {result['errors']}"
+        )
+        return result
+
+    def _sweeper(self, count: int, out: dict) -> threading.Thread:
+        from django.contrib.auth import get_user_model
+
+        queue = queue_create(
+            name=f"bench-sweep-{int(time.time())}", owner=get_user_model().objects.get(username="bench")
+        )
+        self.stderr.write(f"creating {count:,} expired leases for the sweep...")
+        expired_leases_create(queue=queue, count=count, expired_at=timezone.now())
+
+        def run():
+            started = time.perf_counter()
+            result = leases_sweep()
+            out.update(leases=result.total, batches=result.batches, seconds=time.perf_counter() - started)
+            connection.close()
+
+        return threading.Thread(target=run)
+
+    def _write(self, results: list[dict], opts: dict) -> None:
+        folder = Path(opts["output"])
+        folder.mkdir(parents=True, exist_ok=True)
+        engine = connection.vendor
+        meta = {
+            "database": engine,
+            "workers": opts["workers"],
+            "threads": opts["threads"],
+            "producers": opts["producers"],
+            "consumers": opts["consumers"],
+            "cpus": os.cpu_count(),
+            "when": timezone.now().isoformat(),
+        }
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (folder / f"bench-{engine}-{stamp}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        title = f"WonderQ end to end on {engine}, {opts['workers']} workers, {os.cpu_count()} CPUs"
+        (folder / f"bench-{engine}-{stamp}.svg").write_text(svg_chart(results, title))
+        self.stdout.write(table(results))
+        for r in results:
+            if r.get("sweep"):
+                s = r["sweep"]
+                self.stdout.write(f"sweep: {s['leases']:,} leases in {s['batches']} batches, {s['seconds']:.2f} s")
+            if r["server_rss_mib"] is not None:
+                self.stdout.write(f"batch {r['batch']}: server RSS peak {r['server_rss_mib']:.0f} MiB")
+            for sample in r["error_samples"]:
+                self.stdout.write(f"error sample: {sample}")
+        self.stdout.write(f"wrote {folder}/bench-{engine}-{stamp}.json and .svg")

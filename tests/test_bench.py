@@ -1,0 +1,42 @@
+"""Smoke run of `manage.py bench`: it must keep working end to end (how fast is not asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'bench.sqlite3'}",
+        "DJANGO_SETTINGS_MODULE": "wonderq_project.settings",
+        "DJANGO_SECRET_KEY": "bench-smoke-test-key",
+        "DJANGO_DEBUG": "0",
+    }
+    env.pop("REDIS_URL", None)
+    run = subprocess.run(
+        [sys.executable, "manage.py", "bench", "--duration", "2", "--batch", "1,10", "--sweep", "2000",
+         "--producers", "1", "--consumers", "1", "--output", str(tmp_path / "out")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    [report] = (tmp_path / "out").glob("bench-sqlite-*.json")
+    results = json.loads(report.read_text())["results"]
+    assert [r["batch"] for r in results] == [1, 10]
+    for r in results:
+        assert r["sent"] > 0 and r["acked"] > 0 and r["errors"] == 0, r
+        assert r["latency_ms"]["send"]["p50"] > 0 and r["latency_ms"]["ack"]["p99"] >= r["latency_ms"]["ack"]["p50"]
+        assert r["server_rss_mib"] > 0
+    assert results[0]["sweep"]["leases"] == 2000
+    assert [p.suffix for p in sorted((tmp_path / "out").iterdir())] == [".json", ".svg"]
+    assert "| batch | sent msg/s |" in run.stdout
