@@ -21,6 +21,10 @@ DEFAULTS = {
     "POLL_INTERVAL": 0.1,
     # How long a token's authentication is cached; a revoked token works at most this long elsewhere.
     "AUTH_CACHE_SECONDS": 5,
+    # django-ratelimit rates ("N/s", "N/m", "N/h").
+    "RATE_PER_TOKEN": "6000/m",
+    "RATE_ANONYMOUS": "120/m",
+    "RATE_FAILED_AUTH": "30/m",
     "SNAPSHOT_RETENTION_DAYS": 7,
     "DECISION_RETENTION_DAYS": 365,
     "SWEEP_EVERY_MINUTES": 1,  # seconds between tries of a long-polling receive

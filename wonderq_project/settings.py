@@ -5,6 +5,7 @@ machine with nothing to install: SQLite beside manage.py and a local-memory cach
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -96,8 +97,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": float(os.environ.get("WONDERQ_SQLITE_BUSY_TIMEOUT", "20")),
         "init_command": ("PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;PRAGMA foreign_keys=ON;"),
     }
-    # Tests use a file too: an in-memory database proves nothing about concurrency.
-    _db["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+    # Tests use a file too (an in-memory database proves nothing about concurrency), one per
+    # test process so that two runs side by side never share it.
+    _db["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"wonderq-test-{os.getpid()}.sqlite3")}
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["OPTIONS"] = {
         "pool": {
@@ -184,6 +186,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "queues.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["queues.api.throttling.TokenRateThrottle"],
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
@@ -235,7 +238,11 @@ for _name in (
     "WONDERQ_DEDUP_WINDOW_SECONDS",
     "WONDERQ_SWEEP_BATCH",
     "WONDERQ_MAX_JSON_DEPTH",
+    "WONDERQ_AUTH_CACHE_SECONDS",
 ):
     if _name in os.environ:
         globals()[_name] = int(os.environ[_name])
+for _name in ("WONDERQ_RATE_PER_TOKEN", "WONDERQ_RATE_ANONYMOUS", "WONDERQ_RATE_FAILED_AUTH"):
+    if _name in os.environ:
+        globals()[_name] = os.environ[_name]
 WONDERQ_MAX_REQUEST_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -6,6 +6,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
+from queues.api.throttling import failed_auth_check, failed_auth_count
 from queues.services import token_authenticate
 
 
@@ -16,16 +17,22 @@ class ApiTokenAuthentication(BaseAuthentication):
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() != self.keyword.lower().encode():
             return None
+        failed_auth_check(request)
         if len(parts) != 2:
-            raise exceptions.AuthenticationFailed("Invalid token header: expected 'Token <key>'.")
+            self._fail(request, "Invalid token header: expected 'Token <key>'.")
         try:
             key = parts[1].decode("ascii")
         except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed("Invalid token header: the key must be ASCII.") from None
+            self._fail(request, "Invalid token header: the key must be ASCII.")
         token = token_authenticate(key=key) if len(key) <= 200 else None
         if token is None:
-            raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
+            self._fail(request, "Invalid, expired or revoked token.")
         return token.user, token
+
+    @staticmethod
+    def _fail(request, detail: str):
+        failed_auth_count(request)
+        raise exceptions.AuthenticationFailed(detail)
 
     def authenticate_header(self, request) -> str:
         return self.keyword
