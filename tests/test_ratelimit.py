@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
 
+from tests import live
 from tests.conftest import api_client_for, requires_redis
 from tests.factories import UserFactory
 
-ROOT = Path(__file__).resolve().parent.parent
 URL = "/api/v1/queues/"
 
 
@@ -56,12 +49,6 @@ def test_rate_limits__can_be_switched_off(settings, user):
     assert [api.get(URL).status_code for _ in range(3)] == [200] * 3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str, key: str) -> tuple[int, str | None]:
     request = urllib.request.Request(url, headers={"Authorization": f"Token {key}", "Connection": "close"})
     try:
@@ -77,39 +64,13 @@ def _get(url: str, key: str) -> tuple[int, str | None]:
 @pytest.mark.slow
 def test_rate_per_token__burst_over_four_gunicorn_workers_shares_one_budget(tmp_path):
     limit = 100
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "wonderq_project.settings",
-        "DJANGO_SECRET_KEY": "ratelimit-test-key",
-        "DJANGO_DEBUG": "0",
+    with live.fresh_database(tmp_path) as database_url:
         # An hour-long window: a burst of a few seconds cannot straddle two windows by chance.
-        "WONDERQ_RATE_PER_TOKEN": f"{limit}/h",
-    }
-    manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    key = subprocess.run(
-        [*manage, "create_token", "burst"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "wonderq_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "4", "--log-level", "warning"],
-        cwd=ROOT, env=env, start_new_session=True,
-    )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}/api/v1/queues/"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health/", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            answers = list(pool.map(lambda _: _get(url, key), range(3 * limit)))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        env = live.project_env(database_url, WONDERQ_RATE_PER_TOKEN=f"{limit}/h")
+        live.manage(env, "migrate", "-v0")
+        key = live.manage(env, "create_token", "burst").strip()
+        with live.gunicorn(env, workers=4) as base, ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(lambda _: _get(f"{base}/queues/", key), range(3 * limit)))
     admitted = [a for a in answers if a[0] == 200]
     refused = [a for a in answers if a[0] == 429]
     assert len(admitted) + len(refused) == 3 * limit

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import live
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _call(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
@@ -40,51 +31,15 @@ def _call(url: str, token: str | None = None, body: dict | None = None) -> tuple
 
 @pytest.fixture
 def served(tmp_path):
-    """A `serve` process on a fresh SQLite file, as a new user would start it."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "wonderq_project.settings",
-        "DJANGO_DEBUG": "1",
-    }
-    env.pop("REDIS_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}/api/v1"
-    try:
-        for _ in range(100):
-            try:
-                if _call(f"{base}/health/")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("serve did not answer /health/ within 20 s")
-        token = subprocess.run(
-            [sys.executable, "manage.py", "create_token", "e2e"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        yield process, base, token
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                raise
+    """A `serve` process on a fresh database, as a new user would start it."""
+    with live.fresh_database(tmp_path) as database_url:
+        env = live.project_env(database_url, DJANGO_DEBUG="1")
+        env.pop("REDIS_URL", None)
+        port = live.free_port()
+        base = f"http://127.0.0.1:{port}/api/v1"
+        args = [sys.executable, "manage.py", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+        with live.process(args, env, f"{base}/health/") as server:
+            yield server, base, live.manage(env, "create_token", "e2e").strip()
 
 
 def test_serve__expired_lease_lands_in_review_with_no_manual_step(served):
