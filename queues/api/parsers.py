@@ -8,6 +8,7 @@ raise RecursionError (a 500). This one answers 413, 415 and 400 instead.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from rest_framework import status
@@ -57,6 +58,14 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 parses as inf, which JSON cannot carry back out and the databases' JSON refuses.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 class StrictJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         charset = _charset(media_type)
@@ -71,7 +80,7 @@ class StrictJSONParser(JSONParser):
         except UnicodeDecodeError as exc:
             raise ParseError(f"Request body is not valid UTF-8 (byte {exc.start}).") from None
         try:
-            data = json.loads(text, parse_constant=_no_constants)
+            data = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
         except RecursionError:
             raise ParseError("JSON nested too deeply.") from None
         except ValueError as exc:

@@ -14,7 +14,9 @@ from queues.services import message_json_size
 # surrogates and the non-characters U+FFFE / U+FFFF.
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}\Z")
-_DEDUP_ID = re.compile(r"[!-~]{1,128}\Z")  # printable ASCII, as SQS
+# Printable ASCII, as SQS. Anchored at both ends: RegexField *searches*, so without \A
+# "has space" or 129 characters (too long for the column) would pass on their tail.
+_DEDUP_ID = re.compile(r"\A[!-~]{1,128}\Z")
 
 
 class StrictText(serializers.CharField):
@@ -90,6 +92,8 @@ def _queue_setting_fields(*, required_name: bool) -> dict:
         fields["name"] = serializers.RegexField(
             rf"^{QUEUE_NAME_PATTERN}\Z",
             max_length=80,
+            # Not trimmed: " jobs\n" is an invalid name, not a request for "jobs".
+            trim_whitespace=False,
             error_messages={"invalid": "Use 1-80 characters of A-Z, a-z, 0-9, '_' and '-'."},
         )
     return fields
@@ -151,6 +155,7 @@ class MessageIn(StrictSerializer):
     dedup_id = serializers.RegexField(
         _DEDUP_ID.pattern,
         required=False,
+        trim_whitespace=False,
         error_messages={"invalid": "Use 1-128 printable ASCII characters."},
     )
 
@@ -246,12 +251,14 @@ class PurgeOut(serializers.Serializer):
 
 
 class ReviewListIn(serializers.Serializer):
-    reason = serializers.ChoiceField(choices=Message.ReviewReason.choices, required=False)
+    # `source` makes validated_data usable as ORM filters: the model field is review_reason.
+    reason = serializers.ChoiceField(choices=Message.ReviewReason.choices, required=False, source="review_reason")
     consumer = serializers.CharField(required=False, max_length=200)
 
 
 class ReviewIdsIn(StrictSerializer):
-    ids = LimitedList(child=StrictInteger(min_value=1))
+    # Capped at BIGINT: a larger id could not exist, and SQLite refuses to bind it (a 500).
+    ids = LimitedList(child=StrictInteger(min_value=1, max_value=2**63 - 1))
     note = StrictText(required=False, default="", allow_blank=True, max_length=1000)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from django.db import connection
@@ -20,8 +21,9 @@ from queues import services
 from queues.api import serializers as s
 from queues.api.errors import Conflict
 from queues.conf import app_settings
-from queues.models import Delivery, Message, Queue, QueueGrant, ReviewItem
+from queues.models import QUEUE_NAME_PATTERN, Delivery, Message, Queue, QueueGrant, ReviewItem
 
+_QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN)
 SEND, RECEIVE, MANAGE = "send", "receive", "manage"
 _GRANT_FIELD = {SEND: "can_send", RECEIVE: "can_receive", MANAGE: "can_manage"}
 _VERBS = {SEND: "send to", RECEIVE: "receive from", MANAGE: "manage"}
@@ -56,7 +58,11 @@ class QueueViewSet(viewsets.ViewSet):
     def get_queue(self, name: str, need: str | None = None) -> Queue:
         """The queue if this user may see it (else 404, as if it did not exist) and may do `need` (else 403)."""
         user = self.request.user
-        queue = Queue.objects.select_related("owner").filter(name=name[:80]).first()
+        # A name no queue can have is not looked up: truncating it could find another queue,
+        # and PostgreSQL refuses NUL in a query (a 500).
+        if not _QUEUE_NAME.fullmatch(name):
+            raise NotFound("Queue not found.")
+        queue = Queue.objects.select_related("owner").filter(name=name).first()
         if queue is None or user.is_staff or queue.owner_id == user.pk:
             if queue is None:
                 raise NotFound("Queue not found.")

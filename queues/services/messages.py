@@ -154,7 +154,7 @@ def _receipt_ids(receipts: Sequence[str]) -> dict[str, int | None]:
     parsed: dict[str, int | None] = {}
     for receipt in receipts:
         head, sep, tail = receipt.partition(".")
-        parsed[receipt] = int(head) if sep and head.isdigit() and tail and len(head) < 19 else None
+        parsed[receipt] = int(head) if sep and head.isascii() and head.isdigit() and tail and len(head) < 19 else None
     return parsed
 
 
@@ -190,48 +190,60 @@ def _results(receipts: Sequence[str], verdicts: dict[str, dict]) -> list[dict]:
     return [{"receipt": receipt, **verdicts[receipt]} for receipt in receipts]
 
 
+def _ack(*, queue: Queue, receipts: dict[str, int], statuses: str, now: dt.datetime) -> list[dict]:
+    """ACK the messages in `statuses` that these receipts name; return the rows it changed."""
+    # acked_from keeps the state the ack found: SET reads the row as it was.
+    # `id IN` lets the primary key find the rows: there is no index on receipt.
+    return fetch(
+        f"""
+        UPDATE {MESSAGE} SET
+            status = 'acked',
+            acked_at = %s,
+            acked_from = CASE
+                WHEN status = 'leased' AND lease_expires_at > %s THEN 'leased'
+                WHEN status = 'leased' THEN 'expired'
+                ELSE status END
+        WHERE id IN ({marks(receipts)}) AND queue_id = %s AND receipt IN ({marks(receipts)})
+          AND status IN ({statuses})
+        RETURNING id, receipt, acked_from, consumer, receive_count, review_reason
+        """,
+        [db_dt(now), db_dt(now), *receipts.values(), queue.id, *receipts],
+    )
+
+
 def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | None = None) -> list[dict]:
     """LEASED (or, late, REVIEW / READY not yet redelivered) -> ACKED, one status per receipt."""
     now = now or timezone.now()
     parsed = _receipt_ids(receipts)
-    valid = [receipt for receipt, message_id in parsed.items() if message_id is not None]
-    rows = []
-    if valid:
-        # acked_from keeps the state the ack found: SET reads the row as it was.
-        rows = fetch(
-            f"""
-            UPDATE {MESSAGE} SET
-                status = 'acked',
-                acked_at = %s,
-                acked_from = CASE
-                    WHEN status = 'leased' AND lease_expires_at > %s THEN 'leased'
-                    WHEN status = 'leased' THEN 'expired'
-                    ELSE status END
-            WHERE queue_id = %s AND receipt IN ({marks(valid)})
-              AND status IN ('leased', 'review', 'ready')
-            RETURNING id, receipt, acked_from, consumer, receive_count, review_reason
-            """,
-            [db_dt(now), db_dt(now), queue.id, *valid],
-        )
+    valid = {receipt: message_id for receipt, message_id in parsed.items() if message_id is not None}
+    # The common case, a lease still held (or expired but not yet swept): one statement.
+    rows = _ack(queue=queue, receipts=valid, statuses="'leased'", now=now) if valid else []
     verdicts = {
         row["receipt"]: {"status": ACKED if row["acked_from"] == Message.Status.LEASED else ACKED_LATE} for row in rows
     }
-    from_review = [row for row in rows if row["acked_from"] == Message.Status.REVIEW]
-    if from_review:
-        ReviewDecision.objects.bulk_create(
-            ReviewDecision(
-                queue=queue,
-                queue_name=queue.name,
-                message_id=row["id"],
-                action=ReviewDecision.Action.ACKED_LATE,
-                actor=row["consumer"] or "(unnamed consumer)",
-                note=f"acknowledged late by {row['consumer'] or 'an unnamed consumer'}",
-                review_reason=row["review_reason"],
-                receive_count=row["receive_count"],
-                created_at=now,
-            )
-            for row in from_review
-        )
+    late = {receipt: message_id for receipt, message_id in valid.items() if receipt not in verdicts}
+    if late:
+        # A late ack resolves the review entry too: the state change and its
+        # decision row commit together (rule 4), or neither does.
+        with transaction.atomic():
+            rows = _ack(queue=queue, receipts=late, statuses="'review', 'ready'", now=now)
+            from_review = [row for row in rows if row["acked_from"] == Message.Status.REVIEW]
+            if from_review:
+                ReviewDecision.objects.bulk_create(
+                    ReviewDecision(
+                        queue=queue,
+                        queue_name=queue.name,
+                        message_id=row["id"],
+                        action=ReviewDecision.Action.ACKED_LATE,
+                        actor=row["consumer"] or "(unnamed consumer)",
+                        note=f"acknowledged late by {row['consumer'] or 'an unnamed consumer'}",
+                        review_reason=row["review_reason"],
+                        receive_count=row["receive_count"],
+                        created_at=now,
+                    )
+                    for row in from_review
+                )
+        verdicts.update({row["receipt"]: {"status": ACKED_LATE} for row in rows})
     missing = {receipt: message_id for receipt, message_id in parsed.items() if receipt not in verdicts}
     if missing:
         verdicts.update(_classify_missing(queue=queue, missing=missing, now=now))
@@ -243,17 +255,17 @@ def _live_lease_update(
 ) -> tuple[list[int], list[dict]]:
     """Apply `set_sql` to the messages whose receipt holds a live lease; return changed ids and results."""
     parsed = _receipt_ids(receipts)
-    valid = [receipt for receipt, message_id in parsed.items() if message_id is not None]
+    valid = {receipt: message_id for receipt, message_id in parsed.items() if message_id is not None}
     changed: list[int] = []
     if valid:
         rows = fetch(
             f"""
             UPDATE {MESSAGE} SET {set_sql}
-            WHERE queue_id = %s AND receipt IN ({marks(valid)})
+            WHERE id IN ({marks(valid)}) AND queue_id = %s AND receipt IN ({marks(valid)})
               AND status = 'leased' AND lease_expires_at > %s
             RETURNING id
             """,
-            [*set_params, queue.id, *valid, db_dt(now)],
+            [*set_params, *valid.values(), queue.id, *valid, db_dt(now)],
         )
         changed = [row["id"] for row in rows]
     done_ids = set(changed)

@@ -1,0 +1,209 @@
+"""The operators' dashboard: staff only, the API's counts, throughput and depth history from snapshots."""
+
+from __future__ import annotations
+
+import datetime as dt
+from html.parser import HTMLParser
+
+import pytest
+from django.utils import timezone
+
+from queues import services
+from queues.dashboard import age_label
+from queues.models import QueueSnapshot
+from queues.services.dashboard import depth_series
+from tests.conftest import api_client_for
+from tests.factories import QueueFactory
+
+URL = "/admin/dashboard/"
+COUNTS = ("ready", "delayed", "leased", "review")
+
+
+class _DashboardTable(HTMLParser):
+    """What an operator reads in the queue table: {queue name: {column: text}}."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: dict[str, dict[str, str]] = {}
+        self.links: dict[str, str] = {}
+        self._queue = self._column = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and "data-queue" in attrs:
+            self._queue = attrs["data-queue"]
+            self.rows[self._queue] = {}
+        elif tag == "td" and self._queue and "data-count" in attrs:
+            self._column = attrs["data-count"]
+            self.rows[self._queue][self._column] = ""
+        elif tag == "a" and self._queue and "wq-review-link" in attrs.get("class", ""):
+            self.links[self._queue] = attrs["href"]
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._column = None
+        elif tag == "tr":
+            self._queue = None
+
+    def handle_data(self, data):
+        if self._queue and self._column:
+            self.rows[self._queue][self._column] += data.strip()
+
+
+def _table(response) -> _DashboardTable:
+    parser = _DashboardTable()
+    parser.feed(response.content.decode())
+    return parser
+
+
+def _send(queue, n: int, *, now, delay: int | None = None) -> None:
+    services.message_send(
+        queue=queue, messages=[services.OutgoingMessage(body=f"m{i}", delay_seconds=delay) for i in range(n)], now=now
+    )
+
+
+def _seed_every_state(queue, *, now) -> None:
+    """Ready, delayed, leased, swept into review, expired but unswept, and acked messages."""
+    past = now - dt.timedelta(minutes=10)
+    _send(queue, 2, now=past)  # -> review via the sweep
+    services.message_receive(queue=queue, consumer="w-old", max_messages=2, visibility_timeout=30, now=past)
+    services.leases_sweep(now=past + dt.timedelta(minutes=1))
+    _send(queue, 1, now=past)  # -> expired lease the sweep has not seen
+    services.message_receive(queue=queue, consumer="w-late", max_messages=1, visibility_timeout=60, now=past)
+    _send(queue, 2, now=past)  # -> acked
+    acked = services.message_receive(queue=queue, consumer="w-ok", max_messages=2, now=past)
+    services.message_ack(queue=queue, receipts=[m["receipt"] for m in acked], now=past)
+    _send(queue, 3, now=past)  # -> leased for an hour
+    services.message_receive(queue=queue, consumer="w-slow", max_messages=3, visibility_timeout=3600, now=past)
+    _send(queue, 4, now=past)  # -> ready
+    _send(queue, 5, now=now, delay=600)  # -> delayed
+
+
+@pytest.fixture
+def staff_client(client, staff_user):
+    client.force_login(staff_user)
+    return client
+
+
+def test_dashboard__anonymous_is_sent_to_login(client, db):
+    response = client.get(URL)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/?next=/admin/dashboard/")
+
+
+def test_dashboard__non_staff_is_sent_to_login(client, user):
+    client.force_login(user)
+    response = client.get(URL)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+    assert b"wq-queues" not in response.content
+
+
+def test_dashboard__no_queues_says_so(staff_client):
+    response = staff_client.get(URL)
+    assert response.status_code == 200
+    assert b"No queues yet" in response.content
+    assert b'id="wq-queues"' not in response.content
+
+
+def test_dashboard__no_snapshots_says_so(staff_client, queue):
+    response = staff_client.get(URL)
+    assert "No snapshots yet — the scheduler records one a minute" in response.content.decode()
+    assert _table(response).rows["jobs"]["ready"] == "0"
+
+
+def test_dashboard__counts_equal_the_api(staff_client, staff_user, queue, requeue_queue):
+    now = timezone.now()
+    for q in (queue, requeue_queue):
+        _seed_every_state(q, now=now)
+    QueueFactory(name="empty")
+    api = api_client_for(staff_user)
+
+    table = _table(staff_client.get(URL))
+
+    assert set(table.rows) == {"empty", "jobs", "retry"}
+    for name in ("empty", "jobs", "retry"):
+        from_api = api.get(f"/api/v1/queues/{name}/").json()
+        assert {c: int(table.rows[name][c]) for c in COUNTS} == {c: from_api[c] for c in COUNTS}, name
+    # The expired, unswept lease counts where time has put it: review here, ready again in a requeue queue.
+    assert {c: int(table.rows["jobs"][c]) for c in COUNTS} == {"ready": 4, "delayed": 5, "leased": 3, "review": 3}
+    assert {c: int(table.rows["retry"][c]) for c in COUNTS} == {"ready": 7, "delayed": 5, "leased": 3, "review": 0}
+
+
+def test_dashboard__oldest_ready_age_is_shown(staff_client, queue):
+    _send(queue, 1, now=timezone.now() - dt.timedelta(minutes=5, seconds=3))
+    row = _table(staff_client.get(URL)).rows["jobs"]
+    assert row["oldest_ready"].startswith("5m ")
+
+
+def test_dashboard__sent_and_acked_sum_the_last_hour_of_snapshots(staff_client, queue):
+    now = timezone.now()
+    for minutes, sent, acked in ((90, 100, 100), (50, 4, 1), (10, 6, 2)):
+        QueueSnapshot.objects.create(queue=queue, taken_at=now - dt.timedelta(minutes=minutes), sent=sent, acked=acked)
+    row = _table(staff_client.get(URL)).rows["jobs"]
+    assert (row["sent_last_hour"], row["acked_last_hour"]) == ("10", "3")
+
+
+def test_dashboard__each_queue_links_its_review_list(staff_client, queue):
+    links = _table(staff_client.get(URL)).links
+    assert links == {"jobs": f"/admin/queues/reviewitem/?queue__id__exact={queue.id}"}
+
+
+def test_dashboard__chart_has_one_point_per_snapshot_bucket(staff_client, queue):
+    now = timezone.now()
+    other = QueueFactory(name="other")
+    for hours, ready in ((20, 3), (10, 8), (1, 5)):
+        for q in (queue, other):
+            QueueSnapshot.objects.create(queue=q, taken_at=now - dt.timedelta(hours=hours), ready=ready, review=1)
+    QueueSnapshot.objects.create(queue=queue, taken_at=now - dt.timedelta(hours=30), ready=99)  # outside 24 h
+
+    page = staff_client.get(URL).content.decode()
+
+    # The big chart (all queues) has dots; the sparklines only polylines.
+    assert page.count('class="wq-point"') == 3 * 3
+    assert page.count('data-series="ready" data-count="3"') == 3  # the chart and two sparklines
+    assert 'data-value="16.0"' in page  # 8 + 8 ready at -10 h, summed over the queues
+    assert "No snapshots yet" not in page
+
+    single = staff_client.get(URL, {"queue": queue.id}).content.decode()
+    assert "Depth over the last 24 hours — jobs" in single
+    assert 'data-value="16.0"' not in single
+    assert 'data-value="8.0"' in single
+
+
+def test_dashboard__queries_do_not_grow_with_queues(staff_client, django_assert_max_num_queries):
+    now = timezone.now()
+    for i in range(8):
+        q = QueueFactory(name=f"q{i}")
+        _send(q, 2, now=now)
+        QueueSnapshot.objects.create(queue=q, taken_at=now - dt.timedelta(minutes=5), ready=2)
+    # Session and user, then queues, counts, throughput and history: one each whatever the number of queues.
+    with django_assert_max_num_queries(6):
+        assert staff_client.get(URL).status_code == 200
+
+
+def test_depth_series__averages_into_at_most_144_buckets(queue):
+    now = timezone.now().replace(second=0, microsecond=0)
+    QueueSnapshot.objects.bulk_create(
+        QueueSnapshot(queue=queue, taken_at=now - dt.timedelta(minutes=m), ready=m, leased=1, review=2)
+        for m in range(24 * 60)
+    )
+    [points] = depth_series(queue_ids=[queue.id], since=now - dt.timedelta(hours=24), now=now).values()
+    assert 140 <= len(points) <= 145
+    assert [p.at for p in points] == sorted(p.at for p in points)
+    assert all(p.leased == 1 and p.review == 2 for p in points)
+    # A full 10-minute bucket averages ten consecutive minutes: a mean ending in .5.
+    assert any(p.ready % 1 == 0.5 and p.ready > 10 for p in points)
+
+
+def test_admin_index__links_the_dashboard(staff_client):
+    page = staff_client.get("/admin/").content.decode()
+    assert 'href="/admin/dashboard/"' in page
+
+
+@pytest.mark.parametrize(
+    ("seconds", "label"),
+    [(None, "—"), (0, "0s"), (59.9, "59s"), (192, "3m 12s"), (7500, "2h 5m"), (3 * 86400 + 4 * 3600, "3d 4h")],
+)
+def test_age_label__reads_like_a_person(seconds, label):
+    assert age_label(seconds) == label

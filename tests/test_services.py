@@ -1,0 +1,701 @@
+"""Unit tests of queues.services: every transition, with time controlled through `now=`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from django.db import connection
+from django.db.models import CharField, Value
+from django.db.models.functions import Cast, Concat
+from django.test.utils import CaptureQueriesContext
+
+from queues.models import Delivery, Message, Queue, ReviewDecision
+from queues.services import (
+    ACKED,
+    ACKED_LATE,
+    NOT_FOUND,
+    STALE,
+    OutgoingMessage,
+    leases_sweep,
+    message_ack,
+    message_extend,
+    message_receive,
+    message_reject,
+    message_release,
+    message_send,
+    queue_counts,
+    review_discard,
+    review_requeue,
+)
+from tests.factories import QueueFactory, UserFactory
+
+T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def send(queue: Queue, *bodies: str, now: dt.datetime = T0, **options) -> list[int]:
+    messages = [OutgoingMessage(body=body, **options) for body in bodies]
+    return [sent.id for sent in message_send(queue=queue, messages=messages, now=now)]
+
+
+def receive(queue: Queue, n: int = 1, *, now: dt.datetime = T0, **options) -> list[dict]:
+    return message_receive(queue=queue, max_messages=n, now=now, **options)
+
+
+def statuses(results: list[dict]) -> list[str]:
+    return [result["status"] for result in results]
+
+
+def counts(queue: Queue, now: dt.datetime) -> dict:
+    row = queue_counts(queue_ids=[queue.id], now=now)[queue.id]
+    return {name: row[name] for name in ("ready", "delayed", "leased", "review")}
+
+
+def snapshot(message_id: int) -> dict:
+    """Every column of a message, to show that a refused call changed nothing."""
+    return Message.objects.filter(id=message_id).values().get()
+
+
+# --- send ---------------------------------------------------------------------
+
+
+def test_message_send__ready_now_or_after_delay(queue):
+    now_id, later_id = (
+        send(queue, "now")[0],
+        send(queue, "later", delay_seconds=10)[0],
+    )
+    assert Message.objects.get(id=now_id).available_at == T0
+    assert Message.objects.get(id=later_id).available_at == at(10)
+    assert counts(queue, T0) == {"ready": 1, "delayed": 1, "leased": 0, "review": 0}
+    assert [m["id"] for m in receive(queue, 10, now=at(10))] == [now_id, later_id]
+
+
+def test_message_send__dedup_within_window_returns_first_id(queue):
+    [first] = message_send(queue=queue, messages=[OutgoingMessage(body="a", dedup_id="order-1")], now=T0)
+    [again] = message_send(queue=queue, messages=[OutgoingMessage(body="b", dedup_id="order-1")], now=at(60))
+    assert not first.duplicate
+    assert again.id == first.id
+    assert again.duplicate
+    assert Message.objects.filter(queue=queue).count() == 1
+
+
+def test_message_send__dedup_within_one_batch_returns_first_id(queue):
+    results = message_send(
+        queue=queue,
+        messages=[OutgoingMessage(body="a", dedup_id="x"), OutgoingMessage(body="b", dedup_id="x")],
+        now=T0,
+    )
+    assert results[1].id == results[0].id
+    assert results[1].duplicate
+    assert Message.objects.filter(queue=queue).count() == 1
+
+
+def test_message_send__dedup_after_window_creates_new_message(queue, settings):
+    settings.WONDERQ_DEDUP_WINDOW_SECONDS = 300
+    [first] = message_send(queue=queue, messages=[OutgoingMessage(body="a", dedup_id="order-1")], now=T0)
+    [later] = message_send(queue=queue, messages=[OutgoingMessage(body="b", dedup_id="order-1")], now=at(301))
+    assert later.id != first.id
+    assert not later.duplicate
+    assert Message.objects.filter(queue=queue).count() == 2
+    # The id now names the new message within its own window.
+    [again] = message_send(queue=queue, messages=[OutgoingMessage(body="c", dedup_id="order-1")], now=at(400))
+    assert again.id == later.id
+
+
+def test_message_send__dedup_is_per_queue(queue, requeue_queue):
+    [a] = send(queue, "a", dedup_id="same")
+    [b] = send(requeue_queue, "b", dedup_id="same")
+    assert a != b
+
+
+# --- receive ------------------------------------------------------------------
+
+
+def test_message_receive__leases_oldest_first_with_fresh_receipts(queue, user):
+    oldest = send(queue, "a", now=at(-3))[0]
+    middle = send(queue, "b", now=at(-2))[0]
+    newest = send(queue, "c", now=at(-1))[0]
+
+    got = receive(queue, 2, consumer="worker-1", user=user)
+
+    assert [m["id"] for m in got] == [oldest, middle]
+    assert [m["body"] for m in got] == ["a", "b"]
+    assert all(m["receipt"].startswith(f"{m['id']}.") for m in got)
+    assert len({m["receipt"] for m in got}) == 2
+    assert all(m["receive_count"] == 1 for m in got)
+    assert all(m["lease_expires_at"] == at(30) for m in got)
+    for m in got:
+        row = Message.objects.get(id=m["id"])
+        assert row.status == Message.Status.LEASED
+        assert row.receipt == m["receipt"]
+        assert row.receive_count == 1
+        assert row.consumer == "worker-1"
+        assert row.leased_by_id == user.id
+        assert row.leased_at == T0
+        assert row.lease_expires_at == at(30)
+    assert Message.objects.get(id=newest).status == Message.Status.READY
+
+
+def test_message_receive__second_receive_does_not_get_leased_messages(queue):
+    first, second = send(queue, "a", "b")
+    got = receive(queue, 1)
+    assert [m["id"] for m in got] == [first]
+    assert [m["id"] for m in receive(queue, 10, now=at(1))] == [second]
+    assert receive(queue, 10, now=at(2)) == []
+    assert counts(queue, at(2)) == {"ready": 0, "delayed": 0, "leased": 2, "review": 0}
+
+
+def test_message_receive__visibility_timeout_overrides_the_queue(queue):
+    send(queue, "a")
+    [m] = receive(queue, visibility_timeout=5)
+    assert m["lease_expires_at"] == at(5)
+    assert Message.objects.get(id=m["id"]).lease_expires_at == at(5)
+
+
+def test_message_receive__empty_queue_answers_nothing(queue):
+    assert receive(queue, 10) == []
+
+
+def test_message_receive__review_queue_never_hands_out_an_expired_lease(queue):
+    [message_id] = send(queue, "a")
+    receive(queue, consumer="slow")
+    assert counts(queue, at(29)) == {"ready": 0, "delayed": 0, "leased": 1, "review": 0}
+
+    # No sweep has run: the lease is expired by time alone and belongs to review.
+    assert receive(queue, 10, now=at(31), consumer="fast") == []
+    assert receive(queue, 10, now=at(3600), consumer="fast") == []
+    assert counts(queue, at(31)) == {"ready": 0, "delayed": 0, "leased": 0, "review": 1}
+    row = Message.objects.get(id=message_id)
+    assert row.consumer == "slow"
+    assert row.receive_count == 1
+
+
+def test_message_receive__requeue_queue_redelivers_an_expired_lease_without_sweep(requeue_queue):
+    [message_id] = send(requeue_queue, "a")
+    [first] = receive(requeue_queue, consumer="slow")
+    assert receive(requeue_queue, now=at(29)) == []
+    assert counts(requeue_queue, at(31)) == {"ready": 1, "delayed": 0, "leased": 0, "review": 0}
+
+    [second] = receive(requeue_queue, now=at(31), consumer="fast")
+
+    assert second["id"] == message_id
+    assert second["receipt"] != first["receipt"]
+    assert second["receive_count"] == 2
+    row = Message.objects.get(id=message_id)
+    assert (row.status, row.consumer, row.receipt) == (Message.Status.LEASED, "fast", second["receipt"])
+    [history] = Delivery.objects.filter(message_id=message_id)
+    assert (history.outcome, history.attempt, history.consumer) == (Delivery.Outcome.EXPIRED, 1, "slow")
+    assert history.ended_at == at(30)
+
+
+def test_message_receive__requeue_queue_sends_to_review_after_max_receives(requeue_queue):
+    [message_id] = send(requeue_queue, "a")
+    receive(requeue_queue)
+    receive(requeue_queue, now=at(31))  # second and last delivery (max_receives=2)
+    assert counts(requeue_queue, at(62)) == {"ready": 0, "delayed": 0, "leased": 0, "review": 1}
+
+    assert receive(requeue_queue, 10, now=at(62)) == []
+
+    row = Message.objects.get(id=message_id)
+    assert row.status == Message.Status.REVIEW
+    assert row.review_reason == Message.ReviewReason.MAX_RECEIVES
+    assert row.review_at == at(61)
+    assert row.receive_count == 2
+    assert list(
+        Delivery.objects.filter(message_id=message_id).values_list("attempt", "outcome").order_by("attempt")
+    ) == [(1, "expired"), (2, "expired")]
+
+
+def test_message_receive__requeue_queue_keeps_live_leases(requeue_queue):
+    send(requeue_queue, "a")
+    receive(requeue_queue)
+    assert receive(requeue_queue, now=at(29)) == []
+    assert not Delivery.objects.exists()
+
+
+# --- ack ----------------------------------------------------------------------
+
+
+def test_message_ack__one_statement_for_one_live_receipt(queue, django_assert_num_queries):
+    send(queue, "a")
+    [m] = receive(queue)
+    with django_assert_num_queries(1):
+        results = message_ack(queue=queue, receipts=[m["receipt"]], now=at(1))
+    assert results == [{"receipt": m["receipt"], "status": ACKED}]
+    row = Message.objects.get(id=m["id"])
+    assert (row.status, row.acked_at, row.acked_from) == (Message.Status.ACKED, at(1), "leased")
+
+
+def test_message_ack__one_statement_for_a_batch_of_ten(queue, django_assert_num_queries):
+    send(queue, *[f"m{i}" for i in range(10)])
+    got = receive(queue, 10)
+    receipts = [m["receipt"] for m in got]
+    with django_assert_num_queries(1):
+        results = message_ack(queue=queue, receipts=receipts, now=at(1))
+    assert statuses(results) == [ACKED] * 10
+    assert [r["receipt"] for r in results] == receipts
+    assert Message.objects.filter(queue=queue, status=Message.Status.ACKED).count() == 10
+
+
+@pytest.mark.parametrize("call", ["ack", "extend"])
+def test_message_ack__finds_the_message_by_primary_key(queue, call):
+    """There is no index on receipt: the statement must find rows by the id the receipt names,
+    or every ack costs a scan of the whole queue (its leases and acked tombstones included)."""
+    _seed_expired_leases(queue, 5_000)
+    send(queue, "a")
+    [m] = receive(queue)
+    with CaptureQueriesContext(connection) as captured:
+        if call == "ack":
+            message_ack(queue=queue, receipts=[m["receipt"]], now=T0)
+        else:
+            message_extend(queue=queue, receipts=[m["receipt"]], visibility_timeout=5, now=T0)
+    [statement] = captured
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {Message._meta.db_table}")
+            cursor.execute(f"EXPLAIN {statement['sql']}")
+            plan = " ".join(row[0] for row in cursor.fetchall())
+            assert "queues_message_pkey" in plan, plan
+        else:
+            cursor.execute(f"EXPLAIN QUERY PLAN {statement['sql']}")
+            plan = " ".join(row[-1] for row in cursor.fetchall())
+            assert "PRIMARY KEY" in plan, plan
+
+
+def test_message_ack__writes_no_delivery_history(queue):
+    send(queue, "a", "b")
+    got = receive(queue, 2)
+    message_ack(queue=queue, receipts=[m["receipt"] for m in got], now=at(1))
+    assert not Delivery.objects.exists()
+    assert not ReviewDecision.objects.exists()
+    assert counts(queue, at(1)) == {"ready": 0, "delayed": 0, "leased": 0, "review": 0}
+
+
+def test_message_ack__repeated_ack_answers_acked(queue):
+    send(queue, "a")
+    [m] = receive(queue)
+    message_ack(queue=queue, receipts=[m["receipt"]], now=at(1))
+    assert statuses(message_ack(queue=queue, receipts=[m["receipt"]], now=at(2))) == [ACKED]
+    assert statuses(message_ack(queue=queue, receipts=[m["receipt"]], now=at(3600))) == [ACKED]
+    assert Message.objects.get(id=m["id"]).acked_at == at(1)
+
+
+def test_message_ack__stale_receipt_of_an_earlier_delivery_changes_nothing(queue):
+    send(queue, "a")
+    [first] = receive(queue)
+    message_release(queue=queue, receipts=[first["receipt"]], now=at(1))
+    [second] = receive(queue, now=at(2))
+    before = snapshot(second["id"])
+
+    [result] = message_ack(queue=queue, receipts=[first["receipt"]], now=at(3))
+
+    assert result["status"] == STALE
+    assert snapshot(second["id"]) == before
+    assert statuses(message_ack(queue=queue, receipts=[second["receipt"]], now=at(4))) == [ACKED]
+
+
+def test_message_ack__receipt_used_on_another_queue_is_not_acked(queue, user):
+    other = QueueFactory(owner=user, name="other")
+    send(queue, "a")
+    [m] = receive(queue)
+    before = snapshot(m["id"])
+
+    [result] = message_ack(queue=other, receipts=[m["receipt"]], now=at(1))
+
+    assert result["status"] in {NOT_FOUND, STALE}
+    assert snapshot(m["id"]) == before
+
+
+def test_message_ack__malformed_or_unknown_receipts_are_not_found(queue):
+    results = message_ack(queue=queue, receipts=["nonsense", "123456.abc", ".x", "12."], now=T0)
+    assert statuses(results) == [NOT_FOUND] * 4
+
+
+def test_message_ack__one_bad_receipt_does_not_fail_the_others(queue):
+    send(queue, "a", "b")
+    got = receive(queue, 2)
+    receipts = [got[0]["receipt"], "999999.nope", got[1]["receipt"]]
+    assert statuses(message_ack(queue=queue, receipts=receipts, now=at(1))) == [ACKED, NOT_FOUND, ACKED]
+
+
+def test_message_ack__late_ack_of_an_expired_lease_before_the_sweep(queue):
+    send(queue, "a")
+    [m] = receive(queue, consumer="slow")
+    [result] = message_ack(queue=queue, receipts=[m["receipt"]], now=at(31))
+    assert result["status"] == ACKED_LATE
+    row = Message.objects.get(id=m["id"])
+    assert (row.status, row.acked_from) == (Message.Status.ACKED, "expired")
+    # It never reached review, so there is nothing for an operator to resolve.
+    assert not ReviewDecision.objects.exists()
+    assert leases_sweep(now=at(40)).total == 0
+
+
+def test_message_ack__late_ack_of_a_review_item_resolves_it(queue):
+    send(queue, "a")
+    [m] = receive(queue, consumer="slow-worker")
+    assert leases_sweep(now=at(31)).review == 1
+
+    [result] = message_ack(queue=queue, receipts=[m["receipt"]], now=at(40))
+
+    assert result["status"] == ACKED_LATE
+    row = Message.objects.get(id=m["id"])
+    assert (row.status, row.acked_from, row.acked_at) == (Message.Status.ACKED, "review", at(40))
+    [decision] = ReviewDecision.objects.all()
+    assert decision.action == ReviewDecision.Action.ACKED_LATE
+    assert decision.message_id == m["id"]
+    assert decision.queue_id == queue.id
+    assert decision.actor == "slow-worker"
+    assert "slow-worker" in decision.note
+    assert decision.review_reason == Message.ReviewReason.TIMEOUT
+    assert decision.created_at == at(40)
+    assert counts(queue, at(40))["review"] == 0
+    # A retried late ack answers the same and logs nothing more.
+    assert statuses(message_ack(queue=queue, receipts=[m["receipt"]], now=at(41))) == [ACKED_LATE]
+    assert ReviewDecision.objects.count() == 1
+
+
+def test_message_ack__late_ack_of_a_requeued_message_not_yet_redelivered(requeue_queue):
+    send(requeue_queue, "a")
+    [m] = receive(requeue_queue)
+    assert leases_sweep(now=at(31)).ready == 1
+    assert statuses(message_ack(queue=requeue_queue, receipts=[m["receipt"]], now=at(32))) == [ACKED_LATE]
+    assert Message.objects.get(id=m["id"]).status == Message.Status.ACKED
+    assert receive(requeue_queue, now=at(33)) == []
+
+
+def test_message_ack__late_ack_after_redelivery_is_stale(requeue_queue):
+    send(requeue_queue, "a")
+    [first] = receive(requeue_queue)
+    leases_sweep(now=at(31))
+    [second] = receive(requeue_queue, now=at(32))
+    before = snapshot(second["id"])
+
+    assert statuses(message_ack(queue=requeue_queue, receipts=[first["receipt"]], now=at(33))) == [STALE]
+
+    assert snapshot(second["id"]) == before
+    assert statuses(message_ack(queue=requeue_queue, receipts=[second["receipt"]], now=at(34))) == [ACKED]
+
+
+def test_message_ack__late_ack_after_operator_requeue_is_stale(queue):
+    send(queue, "a")
+    [m] = receive(queue)
+    leases_sweep(now=at(31))
+    review_requeue(queue=queue, ids=[m["id"]], actor="op", now=at(40))
+    before = snapshot(m["id"])
+    assert statuses(message_ack(queue=queue, receipts=[m["receipt"]], now=at(41))) == [STALE]
+    assert snapshot(m["id"]) == before
+
+
+# --- extend, release, reject ---------------------------------------------------
+
+
+def test_message_extend__one_statement_and_the_lease_runs_longer(queue, django_assert_num_queries):
+    send(queue, "a")
+    [m] = receive(queue)
+    with django_assert_num_queries(1):
+        [result] = message_extend(queue=queue, receipts=[m["receipt"]], visibility_timeout=60, now=at(20))
+    assert result["status"] == "extended"
+    assert result["lease_expires_at"] == at(80)
+    assert Message.objects.get(id=m["id"]).lease_expires_at == at(80)
+    assert leases_sweep(now=at(60)).total == 0
+    assert counts(queue, at(60))["leased"] == 1
+    assert statuses(message_ack(queue=queue, receipts=[m["receipt"]], now=at(70))) == [ACKED]
+
+
+def test_message_extend__expired_lease_is_stale(queue):
+    send(queue, "a")
+    [m] = receive(queue)
+    before = snapshot(m["id"])
+    [result] = message_extend(queue=queue, receipts=[m["receipt"]], visibility_timeout=60, now=at(30))
+    assert result["status"] == STALE
+    assert snapshot(m["id"]) == before
+
+
+def test_message_release__back_to_ready_after_the_delay(queue, user):
+    [message_id] = send(queue, "a")
+    [first] = receive(queue, consumer="w1", user=user)
+
+    [result] = message_release(queue=queue, receipts=[first["receipt"]], delay_seconds=10, now=at(5))
+
+    assert result["status"] == "released"
+    row = Message.objects.get(id=message_id)
+    assert (row.status, row.available_at, row.receipt) == (Message.Status.READY, at(15), None)
+    assert counts(queue, at(5)) == {"ready": 0, "delayed": 1, "leased": 0, "review": 0}
+    assert receive(queue, now=at(14)) == []
+    [second] = receive(queue, now=at(15))
+    assert second["receive_count"] == 2
+    assert second["receipt"] != first["receipt"]
+    [history] = Delivery.objects.filter(message_id=message_id)
+    assert (history.outcome, history.attempt, history.consumer) == (Delivery.Outcome.RELEASED, 1, "w1")
+    assert (history.leased_by_id, history.leased_at, history.ended_at) == (user.id, T0, at(5))
+
+
+def test_message_release__receipt_stops_working(queue):
+    send(queue, "a")
+    [m] = receive(queue)
+    message_release(queue=queue, receipts=[m["receipt"]], now=at(1))
+    assert statuses(message_release(queue=queue, receipts=[m["receipt"]], now=at(2))) == [STALE]
+    assert statuses(message_ack(queue=queue, receipts=[m["receipt"]], now=at(2))) == [STALE]
+    assert Delivery.objects.count() == 1
+
+
+def test_message_release__expired_lease_is_stale(queue):
+    send(queue, "a")
+    [m] = receive(queue)
+    before = snapshot(m["id"])
+    assert statuses(message_release(queue=queue, receipts=[m["receipt"]], now=at(31))) == [STALE]
+    assert snapshot(m["id"]) == before
+    assert not Delivery.objects.exists()
+
+
+def test_message_reject__to_review_with_the_consumers_note(queue):
+    [message_id] = send(queue, "a")
+    [m] = receive(queue, consumer="w1")
+
+    [result] = message_reject(queue=queue, receipts=[m["receipt"]], reason="cannot parse body", now=at(3))
+
+    assert result["status"] == "rejected"
+    row = Message.objects.get(id=message_id)
+    assert row.status == Message.Status.REVIEW
+    assert row.review_reason == Message.ReviewReason.REJECTED
+    assert row.review_note == "cannot parse body"
+    assert row.review_at == at(3)
+    assert counts(queue, at(3)) == {"ready": 0, "delayed": 0, "leased": 0, "review": 1}
+    [history] = Delivery.objects.filter(message_id=message_id)
+    assert (history.outcome, history.reason, history.consumer) == (Delivery.Outcome.REJECTED, "cannot parse body", "w1")
+    # The consumer gave the message up: its receipt no longer acks it.
+    assert statuses(message_ack(queue=queue, receipts=[m["receipt"]], now=at(4))) == [STALE]
+    assert Message.objects.get(id=message_id).status == Message.Status.REVIEW
+
+
+def test_message_reject__expired_lease_is_stale(queue):
+    send(queue, "a")
+    [m] = receive(queue)
+    before = snapshot(m["id"])
+    assert statuses(message_reject(queue=queue, receipts=[m["receipt"]], reason="x", now=at(30))) == [STALE]
+    assert snapshot(m["id"]) == before
+
+
+# --- sweep --------------------------------------------------------------------
+
+
+def test_leases_sweep__review_queue_to_review_with_reason_timeout(queue, user):
+    [message_id] = send(queue, "a")
+    receive(queue, consumer="w1", user=user)
+
+    result = leases_sweep(now=at(31))
+
+    assert (result.review, result.ready, result.batches) == (1, 0, 1)
+    row = Message.objects.get(id=message_id)
+    assert row.status == Message.Status.REVIEW
+    assert row.review_reason == Message.ReviewReason.TIMEOUT
+    assert row.review_at == at(30)
+    assert (row.consumer, row.leased_by_id, row.receive_count) == ("w1", user.id, 1)
+    [history] = Delivery.objects.filter(message_id=message_id)
+    assert (history.outcome, history.attempt, history.ended_at) == (Delivery.Outcome.EXPIRED, 1, at(30))
+    assert (history.consumer, history.leased_by_id, history.leased_at) == ("w1", user.id, T0)
+
+
+def test_leases_sweep__requeue_queue_to_ready_then_review_after_max_receives(requeue_queue):
+    [message_id] = send(requeue_queue, "a")
+    receive(requeue_queue)
+    assert (leases_sweep(now=at(31)).ready, Message.objects.get(id=message_id).status) == (1, "ready")
+    assert Message.objects.get(id=message_id).available_at == at(30)
+
+    receive(requeue_queue, now=at(32))
+    result = leases_sweep(now=at(63))
+
+    assert (result.review, result.ready) == (1, 0)
+    row = Message.objects.get(id=message_id)
+    assert (row.status, row.review_reason, row.review_at) == ("review", Message.ReviewReason.MAX_RECEIVES, at(62))
+    assert Delivery.objects.filter(message_id=message_id, outcome=Delivery.Outcome.EXPIRED).count() == 2
+
+
+def test_leases_sweep__is_idempotent(queue, requeue_queue):
+    send(queue, "a", "b")
+    send(requeue_queue, "c")
+    receive(queue, 2)
+    receive(requeue_queue)
+    first = leases_sweep(now=at(31))
+    assert (first.review, first.ready) == (2, 1)
+
+    second = leases_sweep(now=at(31))
+
+    assert (second.review, second.ready, second.batches) == (0, 0, 0)
+    assert leases_sweep(now=at(40)).total == 0
+    assert Delivery.objects.count() == 3
+
+
+def test_leases_sweep__leaves_live_leases_alone(queue):
+    send(queue, "short", "long")
+    [short] = receive(queue, visibility_timeout=10)
+    [long] = receive(queue, visibility_timeout=60)
+    before = snapshot(long["id"])
+
+    result = leases_sweep(now=at(30))
+
+    assert result.review == 1
+    assert Message.objects.get(id=short["id"]).status == Message.Status.REVIEW
+    assert snapshot(long["id"]) == before
+    # A lease expiring exactly at `now` has run out.
+    assert leases_sweep(now=at(60)).review == 1
+
+
+def test_leases_sweep__works_through_every_queue_in_batches(queue, requeue_queue):
+    send(queue, *[f"m{i}" for i in range(600)])
+    send(requeue_queue, *[f"r{i}" for i in range(400)])
+    for offset in range(0, 600, 100):
+        receive(queue, 100, now=at(offset / 100))
+    for offset in range(0, 400, 100):
+        receive(requeue_queue, 100, now=at(offset / 100))
+    progress = []
+
+    result = leases_sweep(now=at(60), batch_size=100, progress=lambda r: progress.append(r.total))
+
+    assert (result.review, result.ready, result.total) == (600, 400, 1000)
+    assert result.batches == 10
+    assert progress == list(range(100, 1001, 100))
+    assert not Message.objects.filter(status=Message.Status.LEASED).exists()
+    assert Delivery.objects.count() == 1000
+
+
+def _seed_expired_leases(queue: Queue, n: int) -> None:
+    """n LEASED messages whose leases ran out at T0 + 1 s, with receipts "<id>.seed" as receive makes them.
+
+    Inserted by one INSERT ... SELECT: building 100,000 model instances would take longer than the sweep.
+    """
+    when = connection.ops.adapt_datetimefield_value(T0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {Message._meta.db_table} (queue_id, status, body, attributes, sent_at, available_at,
+                receive_count, consumer, review_reason, review_note, acked_from)
+            WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < %s)
+            SELECT %s, 'ready', 'm' || n, '{{}}', %s, %s, 0, '', '', '', '' FROM seq
+            """,
+            [n, queue.id, when, when],
+        )
+    Message.objects.filter(queue=queue).update(
+        status=Message.Status.LEASED,
+        receipt=Concat(Cast("id", CharField()), Value(".seed")),
+        receive_count=1,
+        consumer="seed",
+        leased_at=T0,
+        lease_expires_at=at(1),
+    )
+
+
+@pytest.mark.slow
+def test_leases_sweep__statements_bounded_by_batches_not_rows(queue):
+    _seed_expired_leases(queue, 100_000)
+
+    started = time.perf_counter()
+    with CaptureQueriesContext(connection) as captured:
+        result = leases_sweep(now=at(2), batch_size=10_000)
+    elapsed = time.perf_counter() - started
+
+    assert (result.review, result.batches) == (100_000, 10)
+    # A handful of statements a batch (select, update, history insert, savepoints), never one per row.
+    assert len(captured) <= 10 * result.batches, [q["sql"][:80] for q in captured]
+    assert Message.objects.filter(status=Message.Status.REVIEW).count() == 100_000
+    assert Delivery.objects.count() == 100_000
+    print(f"\nswept 100,000 expired leases in {elapsed:.2f}s, {len(captured)} statements on {connection.vendor}")
+
+
+# --- review decisions -----------------------------------------------------------
+
+
+def _into_review(queue: Queue, n: int) -> list[int]:
+    ids = send(queue, *[f"m{i}" for i in range(n)])
+    receive(queue, n, consumer="w")
+    leases_sweep(now=at(31))
+    return ids
+
+
+def test_review_requeue__moves_only_items_still_in_review_and_logs_decisions(queue):
+    operator = UserFactory(staff=True)
+    in_review = _into_review(queue, 2)
+    [leased_id] = send(queue, "leased", now=at(32))
+    receive(queue, now=at(32))
+    [ready_id] = send(queue, "ready", now=at(32))
+
+    moved = review_requeue(
+        queue=queue,
+        ids=[*in_review, leased_id, ready_id, 999_999],
+        operator=operator,
+        delay_seconds=5,
+        note="fixed the parser",
+        now=at(40),
+    )
+
+    assert sorted(moved) == sorted(in_review)
+    for message_id in in_review:
+        row = Message.objects.get(id=message_id)
+        assert (row.status, row.available_at, row.receipt) == (Message.Status.READY, at(45), None)
+    assert Message.objects.get(id=leased_id).status == Message.Status.LEASED
+    assert Message.objects.get(id=ready_id).available_at == at(32)
+    decisions = ReviewDecision.objects.order_by("message_id")
+    assert [d.message_id for d in decisions] == sorted(in_review)
+    for decision in decisions:
+        assert decision.action == ReviewDecision.Action.REQUEUED
+        assert (decision.operator_id, decision.actor) == (operator.id, operator.get_username())
+        assert (decision.note, decision.delay_seconds, decision.created_at) == ("fixed the parser", 5, at(40))
+        assert (decision.review_reason, decision.receive_count) == ("timeout", 1)
+    # Once out of review, a second decision is no decision.
+    assert review_requeue(queue=queue, ids=in_review, operator=operator, now=at(41)) == []
+    assert review_discard(queue=queue, ids=in_review, operator=operator, now=at(41)) == []
+    assert ReviewDecision.objects.count() == 2
+
+
+def test_review_requeue__redelivers_with_a_fresh_receipt(queue):
+    [message_id] = _into_review(queue, 1)
+    review_requeue(queue=queue, ids=[message_id], actor="op", now=at(40))
+    [m] = receive(queue, now=at(41))
+    assert (m["id"], m["receive_count"]) == (message_id, 2)
+
+
+def test_review_requeue__ignores_another_queues_items(queue, requeue_queue):
+    [message_id] = _into_review(queue, 1)
+    assert review_requeue(queue=requeue_queue, ids=[message_id], actor="op", now=at(40)) == []
+    assert Message.objects.get(id=message_id).status == Message.Status.REVIEW
+    assert not ReviewDecision.objects.exists()
+
+
+def test_review_discard__deletes_the_message_and_keeps_the_decision(queue):
+    operator = UserFactory(staff=True)
+    [message_id, other_id] = _into_review(queue, 2)
+
+    assert review_discard(queue=queue, ids=[message_id], operator=operator, note="spam", now=at(40)) == [message_id]
+
+    assert not Message.objects.filter(id=message_id).exists()
+    assert Message.objects.get(id=other_id).status == Message.Status.REVIEW
+    [decision] = ReviewDecision.objects.all()
+    assert (decision.message_id, decision.action, decision.note) == (message_id, "discarded", "spam")
+    assert (decision.operator_id, decision.actor, decision.queue_name) == (operator.id, operator.username, "jobs")
+    # The history of its deliveries stays readable too.
+    assert Delivery.objects.filter(message_id=message_id).count() == 1
+
+
+def test_review_discard__ignores_items_not_in_review(queue):
+    [leased_id, ready_id] = send(queue, "a", "b")
+    receive(queue)
+    assert review_discard(queue=queue, ids=[leased_id, ready_id], actor="op", now=at(1)) == []
+    assert Message.objects.filter(queue=queue).count() == 2
+    assert not ReviewDecision.objects.exists()
+
+
+def test_review_discard__late_ack_first_wins(queue):
+    [message_id] = send(queue, "a")
+    [m] = receive(queue, consumer="w")
+    leases_sweep(now=at(31))
+    assert statuses(message_ack(queue=queue, receipts=[m["receipt"]], now=at(35))) == [ACKED_LATE]
+
+    assert review_discard(queue=queue, ids=[message_id], actor="op", now=at(36)) == []
+
+    assert Message.objects.get(id=message_id).status == Message.Status.ACKED
+    assert list(ReviewDecision.objects.values_list("action", flat=True)) == ["acked_late"]
