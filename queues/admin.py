@@ -190,6 +190,20 @@ REVIEW_ACTIONS = {
 }
 
 
+_REVIEW_FIELDS = (
+    "queue",
+    "id",
+    "review_reason",
+    "review_note",
+    "review_at_display",
+    "consumer",
+    "leased_by",
+    "leased_at_display",
+    "lease_expires_at_display",
+    "receive_count",
+)
+
+
 @admin.register(ReviewItem)
 class ReviewItemAdmin(IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
     """Messages waiting for an operator: who held them, when, how often; requeue or discard."""
@@ -215,35 +229,13 @@ class ReviewItemAdmin(IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
     fieldsets = (
         (
             "Review",
-            {
-                "fields": (
-                    "queue",
-                    "id",
-                    "review_reason",
-                    "review_note",
-                    "review_at_display",
-                    "consumer",
-                    "leased_by",
-                    "leased_at_display",
-                    "lease_expires_at_display",
-                    "receive_count",
-                )
-            },
+            {"fields": _REVIEW_FIELDS},
         ),
         ("Message", {"fields": ("sent_at_display", "body_display", "attributes_display")}),
         ("Delivery history", {"fields": ("delivery_history",)}),
     )
     readonly_fields = (
-        "queue",
-        "id",
-        "review_reason",
-        "review_note",
-        "review_at_display",
-        "consumer",
-        "leased_by",
-        "leased_at_display",
-        "lease_expires_at_display",
-        "receive_count",
+        *_REVIEW_FIELDS,
         "sent_at_display",
         "body_display",
         "attributes_display",
