@@ -98,6 +98,19 @@ def _time_column(field: str, description: str):
     return column
 
 
+class ReadOnlyMixin:
+    """No add, change or delete for anyone: these rows change only through services."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class IdSearchMixin:
     """Search that also matches an integer term against `id_search_field` exactly (using its index)."""
 
@@ -205,7 +218,7 @@ _REVIEW_FIELDS = (
 
 
 @admin.register(ReviewItem)
-class ReviewItemAdmin(IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
+class ReviewItemAdmin(ReadOnlyMixin, IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
     """Messages waiting for an operator: who held them, when, how often; requeue or discard."""
 
     list_display = (
@@ -242,15 +255,7 @@ class ReviewItemAdmin(IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
         "delivery_history",
     )
 
-    # Read-only: a review item changes only through the actions below, which call the services.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+    # Read-only (ReadOnlyMixin): a review item changes only through the actions below, which call the services.
 
     def has_review_permission(self, request):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
@@ -361,7 +366,7 @@ def _not_in_review(count: int) -> str:
 
 
 @admin.register(ReviewDecision)
-class ReviewDecisionAdmin(IdSearchMixin, admin.ModelAdmin):
+class ReviewDecisionAdmin(ReadOnlyMixin, IdSearchMixin, admin.ModelAdmin):
     """The review log: every requeue, discard and late ack, kept after the message is gone. Read-only."""
 
     id_search_field = "message_id"
@@ -385,15 +390,6 @@ class ReviewDecisionAdmin(IdSearchMixin, admin.ModelAdmin):
     @admin.display(description="note")
     def short_note(self, obj):
         return obj.note if len(obj.note) <= 80 else obj.note[:79] + "…"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --- Queues and their messages ---------------------------------------------------------
@@ -538,7 +534,7 @@ class LiveStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Message)
-class MessageAdmin(IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
+class MessageAdmin(ReadOnlyMixin, IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
     """Live messages (acked tombstones hidden), read-only: states change only through the services."""
 
     list_display = (
@@ -580,15 +576,6 @@ class MessageAdmin(IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).live()
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --- API tokens ------------------------------------------------------------------------
