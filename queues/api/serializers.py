@@ -306,3 +306,36 @@ class ReviewResultOut(serializers.Serializer):
 
 class ReviewResultsOut(serializers.Serializer):
     results = ReviewResultOut(many=True)
+
+
+# --- Grants ------------------------------------------------------------------------
+
+
+class StrictBoolean(serializers.BooleanField):
+    """A boolean field that takes only JSON true and false (no "yes", 1 or "true")."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class GrantIn(StrictSerializer):
+    """The whole grant: a permission left out is not granted. At least one must be true."""
+
+    send = StrictBoolean(required=False, default=False, help_text="May send messages.")
+    receive = StrictBoolean(required=False, default=False, help_text="May receive, ack, extend, release and reject.")
+    manage = StrictBoolean(
+        required=False,
+        default=False,
+        help_text="May change settings, purge, delete, resolve review items and manage grants.",
+    )
+
+
+class GrantOut(serializers.Serializer):
+    user = serializers.CharField(source="user.get_username")
+    send = serializers.BooleanField(source="can_send")
+    receive = serializers.BooleanField(source="can_receive")
+    manage = serializers.BooleanField(source="can_manage")

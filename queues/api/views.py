@@ -8,10 +8,10 @@ import time
 from django.db import connection
 from django.db.models import Prefetch
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -29,6 +29,34 @@ _GRANT_FIELD = {SEND: "can_send", RECEIVE: "can_receive", MANAGE: "can_manage"}
 _VERBS = {SEND: "send to", RECEIVE: "receive from", MANAGE: "manage"}
 # Single-receipt calls answer with a status code; batch calls with one result per item.
 _SINGLE_STATUS = {services.STALE: status.HTTP_409_CONFLICT, services.NOT_FOUND: status.HTTP_404_NOT_FOUND}
+
+
+class _GrantRefused(APIException):
+    """400 `{detail, code}` for a well-formed grant the rules refuse."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid_grant"
+
+
+_GRANT_ERRORS = {
+    services.UserNotFound: NotFound,
+    services.GrantNotFound: NotFound,
+    services.GrantToOwner: _GrantRefused,
+    services.EmptyGrant: _GrantRefused,
+    services.OwnGrant: PermissionDenied,
+}
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse({"$ref": "#/components/schemas/Error"}, description=description)
+
+
+_GRANT_403 = _error("The token may see the queue but not manage it (`permission_denied`).")
+_GRANT_404 = _error(
+    "No such queue or one this token may not see (`not_found`), no user by that name (`user_not_found`), "
+    "or that user has no grant on the queue (`grant_not_found`)."
+)
+_USERNAME = OpenApiParameter("username", str, OpenApiParameter.PATH, description="The grantee's username.")
 
 
 class ReviewPagination(PageNumberPagination):
@@ -238,6 +266,79 @@ class QueueViewSet(viewsets.ViewSet):
     def review_discard(self, request, name=None):
         """Delete review items; the decision is kept."""
         return self._review_call(request, name, s.ReviewIdsIn, services.review_discard, "discarded")
+
+    # --- grants: owner, staff or a manage grant; every answer documented -----------------
+
+    def _grant_answer(self, call, **kwargs):
+        """Run a grant service, turning its refusals into 4xx answers that name the problem."""
+        try:
+            return call(**kwargs)
+        except services.GrantError as exc:
+            raise _GRANT_ERRORS[type(exc)](exc.message, code=exc.code) from None
+
+    @extend_schema(
+        responses={200: s.GrantOut(many=True), 403: _GRANT_403},
+        description="The grants on this queue: who other than the owner may send, receive or manage it.",
+    )
+    @action(detail=True, methods=["get"], url_path="grants")
+    def grants(self, request, name=None):
+        """List a queue's grants (owner, staff or a manage grant)."""
+        queue = self.get_queue(name, MANAGE)
+        return Response(s.GrantOut(services.grant_list(queue=queue), many=True).data)
+
+    @extend_schema(
+        parameters=[_USERNAME],
+        responses={200: s.GrantOut, 403: _GRANT_403, 404: _GRANT_404},
+        description="One user's grant on this queue.",
+    )
+    @action(detail=True, methods=["get"], url_path=r"grants/(?P<username>[^/]+)")
+    def grant(self, request, name=None, username=None):
+        """Show one user's grant."""
+        queue = self.get_queue(name, MANAGE)
+        return Response(s.GrantOut(self._grant_answer(services.grant_get, queue=queue, username=username)).data)
+
+    @extend_schema(
+        parameters=[_USERNAME],
+        request=s.GrantIn,
+        responses={
+            200: OpenApiResponse(s.GrantOut, description="The grant was replaced."),
+            201: OpenApiResponse(s.GrantOut, description="The grant was created."),
+            400: _error(
+                "Malformed body (a field that is not a JSON boolean, an unknown field), a grant that allows "
+                "nothing (`empty_grant`: DELETE it instead), or a grant to the queue's owner (`owner_grant`)."
+            ),
+            403: _error(
+                "The token may see the queue but not manage it, or (`own_grant`) asks to widen its own grant: "
+                "only the owner or staff may."
+            ),
+            404: _GRANT_404,
+        },
+        description=(
+            "Create or replace a user's grant. The body is the whole grant: a permission left out is not "
+            "granted. `manage` does not imply `send` or `receive`."
+        ),
+    )
+    @grant.mapping.put
+    def grant_put(self, request, name=None, username=None):
+        """Create (201) or replace (200) one user's grant."""
+        queue = self.get_queue(name, MANAGE)
+        data = _valid(s.GrantIn, request.data)
+        grant, created = self._grant_answer(
+            services.grant_set, queue=queue, username=username, actor=request.user, **data
+        )
+        return Response(s.GrantOut(grant).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(
+        parameters=[_USERNAME],
+        responses={204: None, 403: _GRANT_403, 404: _GRANT_404},
+        description="Remove a user's grant: their next request no longer sees the queue.",
+    )
+    @grant.mapping.delete
+    def grant_delete(self, request, name=None, username=None):
+        """Remove one user's grant."""
+        queue = self.get_queue(name, MANAGE)
+        self._grant_answer(services.grant_delete, queue=queue, username=username)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class HealthView(APIView):

@@ -1,5 +1,17 @@
 """WonderQ's business logic: one function per transition, `<entity>_<action>`, each taking `now=`."""
 
+from queues.services.grants import (
+    EmptyGrant,
+    GrantError,
+    GrantNotFound,
+    GrantToOwner,
+    OwnGrant,
+    UserNotFound,
+    grant_delete,
+    grant_get,
+    grant_list,
+    grant_set,
+)
 from queues.services.leases import SweepResult, leases_expire_for_queue, leases_sweep
 from queues.services.messages import (
     ACKED,
@@ -32,10 +44,20 @@ __all__ = [
     "ACKED_LATE",
     "NOT_FOUND",
     "STALE",
+    "EmptyGrant",
+    "GrantError",
+    "GrantNotFound",
+    "GrantToOwner",
     "OutgoingMessage",
+    "OwnGrant",
     "QueueExists",
     "Sent",
     "SweepResult",
+    "UserNotFound",
+    "grant_delete",
+    "grant_get",
+    "grant_list",
+    "grant_set",
     "leases_expire_for_queue",
     "leases_sweep",
     "message_ack",
