@@ -8,7 +8,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from queues.services import token_create
+from queues.services import token_cache_clear, token_create
 from tests.factories import QueueFactory, UserFactory
 
 requires_postgres = pytest.mark.skipif(
@@ -30,8 +30,10 @@ def api_client_for(user) -> APIClient:
 def _clear_cache():
     """Authentication and rate-limit state must not leak from one test into the next."""
     cache.clear()
+    token_cache_clear()
     yield
     cache.clear()
+    token_cache_clear()
 
 
 @pytest.fixture

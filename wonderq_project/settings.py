@@ -97,6 +97,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": float(os.environ.get("WONDERQ_SQLITE_BUSY_TIMEOUT", "20")),
         "init_command": ("PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;PRAGMA foreign_keys=ON;"),
     }
+    # Connections stay open: opening one costs little, but closing the last one
+    # checkpoints the WAL, a disk flush on every request.
+    _db["CONN_MAX_AGE"] = None
     # Tests use a file too (an in-memory database proves nothing about concurrency), one per
     # test process so that two runs side by side never share it.
     _db["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"wonderq-test-{os.getpid()}.sqlite3")}

@@ -7,7 +7,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
 from queues.api.throttling import failed_auth_check, failed_auth_count
-from queues.services import token_authenticate
+from queues.services import token_authenticate, token_known
 
 
 class ApiTokenAuthentication(BaseAuthentication):
@@ -17,6 +17,12 @@ class ApiTokenAuthentication(BaseAuthentication):
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() != self.keyword.lower().encode():
             return None
+        if len(parts) == 2 and len(parts[1]) <= 200:
+            # A key this process already knows to be valid needs no more checks:
+            # the failed-authentication budget guards lookups, not known keys.
+            token = token_known(key=parts[1].decode("ascii", "replace"))
+            if token is not None:
+                return token.user, token
         failed_auth_check(request)
         if len(parts) != 2:
             self._fail(request, "Invalid token header: expected 'Token <key>'.")

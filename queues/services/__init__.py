@@ -30,6 +30,7 @@ from queues.services.messages import (
 )
 from queues.services.queues import (
     QueueExists,
+    queue_access,
     queue_counts,
     queue_create,
     queue_delete,
@@ -37,7 +38,7 @@ from queues.services.queues import (
     queue_update,
 )
 from queues.services.review import review_discard, review_requeue
-from queues.services.tokens import token_authenticate, token_create, token_revoke
+from queues.services.tokens import token_authenticate, token_cache_clear, token_create, token_known, token_revoke
 
 __all__ = [
     "ACKED",
@@ -67,6 +68,7 @@ __all__ = [
     "message_reject",
     "message_release",
     "message_send",
+    "queue_access",
     "queue_counts",
     "queue_create",
     "queue_delete",
@@ -75,6 +77,8 @@ __all__ = [
     "review_discard",
     "review_requeue",
     "token_authenticate",
+    "token_cache_clear",
     "token_create",
+    "token_known",
     "token_revoke",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from django.db import connection
 from django.utils.dateparse import parse_datetime
@@ -42,10 +42,10 @@ def marks(values: Sequence) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def fetch(sql: str, params: Iterable = ()) -> list[dict]:
-    """Run one statement and return its rows as dicts."""
+def fetch(sql: str, params: Iterable | Mapping = ()) -> list[dict]:
+    """Run one statement (positional %s or named %(name)s parameters) and return its rows as dicts."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, list(params))
+        cursor.execute(sql, params if isinstance(params, Mapping) else list(params))
         if cursor.description is None:
             return []
         names = [col[0] for col in cursor.description]

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from queues.conf import app_settings
@@ -54,6 +54,9 @@ def message_send(*, queue: Queue, messages: Sequence[OutgoingMessage], now: dt.d
 
 def _send(*, queue: Queue, messages: Sequence[OutgoingMessage], now: dt.datetime) -> list[Sent]:
     dedup_ids = {m.dedup_id for m in messages if m.dedup_id}
+    if not dedup_ids:
+        # The common case is one statement, atomic on its own.
+        return [Sent(id=message_id) for message_id in _insert(queue_id=queue.id, rows=_due(queue, messages), now=now)]
     with transaction.atomic():
         known: dict[str, int] = {}
         if dedup_ids:
@@ -74,26 +77,80 @@ def _send(*, queue: Queue, messages: Sequence[OutgoingMessage], now: dt.datetime
             if message.dedup_id:
                 first_in_batch[message.dedup_id] = len(rows)
             slots.append(("new", len(rows)))
-            rows.append(
-                Message(
-                    queue=queue,
-                    body=message.body,
-                    attributes=message.attributes or {},
-                    dedup_id=message.dedup_id or None,
-                    sent_at=now,
-                    available_at=now + dt.timedelta(seconds=delay),
-                )
-            )
-        created = Message.objects.bulk_create(rows)
+            rows.append((message, delay))
+        created = _insert(queue_id=queue.id, rows=rows, now=now)
     results = []
     for kind, ref in slots:
         if kind == "known":
             results.append(Sent(id=known[ref], duplicate=True))
         elif kind == "batch":
-            results.append(Sent(id=created[ref].pk, duplicate=True))
+            results.append(Sent(id=created[ref], duplicate=True))
         else:
-            results.append(Sent(id=created[ref].pk))
+            results.append(Sent(id=created[ref]))
     return results
+
+
+def _due(queue: Queue, messages: Sequence[OutgoingMessage]) -> list[tuple[OutgoingMessage, int]]:
+    return [(m, queue.delay_seconds if m.delay_seconds is None else m.delay_seconds) for m in messages]
+
+
+def _insert(*, queue_id: int, rows: list[tuple[OutgoingMessage, int]], now: dt.datetime) -> list[int]:
+    """One multi-row INSERT ... RETURNING id for the batch: no model instance per message."""
+    if not rows:
+        return []
+    attributes = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    row_sql = f"(%s, 'ready', %s, {attributes}, %s, %s, %s, 0, '', '', '', '')"
+    sent_at = db_dt(now)
+    params: list = []
+    for message, delay in rows:
+        params += [
+            queue_id,
+            message.body,
+            json.dumps(message.attributes) if message.attributes else "{}",
+            message.dedup_id or None,
+            sent_at,
+            sent_at if not delay else db_dt(now + dt.timedelta(seconds=delay)),
+        ]
+    inserted = fetch(
+        f"""
+        INSERT INTO {MESSAGE} (queue_id, status, body, attributes, dedup_id, sent_at, available_at,
+                               receive_count, consumer, review_reason, review_note, acked_from)
+        VALUES {", ".join([row_sql] * len(rows))}
+        RETURNING id
+        """,
+        params,
+    )
+    # Both databases return the rows of a multi-row VALUES in order (Django's bulk_create relies on it too).
+    return [row["id"] for row in inserted]
+
+
+# One statement: pick the oldest due READY messages through the partial index (in its
+# order, LIMIT n) and lease them. On PostgreSQL SKIP LOCKED lets concurrent receivers
+# pass each other; on SQLite the write lock serialises them, and the status re-check
+# in the outer WHERE keeps the statement a compare-and-swap all the same.
+_RECEIVE_SQL = {
+    postgres: f"""
+    WITH picked AS MATERIALIZED (
+        SELECT id FROM {MESSAGE}
+        WHERE queue_id = %(queue)s AND status = 'ready' AND available_at <= %(now)s
+        ORDER BY available_at, id
+        LIMIT %(limit)s
+        {"FOR UPDATE SKIP LOCKED" if postgres else ""}
+    )
+    UPDATE {MESSAGE} SET
+        status = 'leased',
+        receipt = CAST({MESSAGE}.id AS TEXT) || '.' || %(token)s,
+        leased_at = %(now)s,
+        lease_expires_at = %(expires)s,
+        consumer = %(consumer)s,
+        leased_by_id = %(user)s,
+        receive_count = receive_count + 1
+    FROM picked
+    WHERE {MESSAGE}.id = picked.id AND {MESSAGE}.status = 'ready'
+    RETURNING {MESSAGE}.id, body, attributes, receipt, receive_count, sent_at, available_at
+    """
+    for postgres in (False, True)
+}
 
 
 def message_receive(
@@ -110,36 +167,22 @@ def message_receive(
     timeout = queue.visibility_timeout if visibility_timeout is None else visibility_timeout
     expires = now + dt.timedelta(seconds=timeout)
     token = secrets.token_hex(8)
-    with transaction.atomic():
-        if queue.on_timeout == Queue.OnTimeout.REQUEUE:
+    params = {
+        "token": token,
+        "now": db_dt(now),
+        "expires": db_dt(expires),
+        "consumer": consumer,
+        "user": getattr(user, "pk", None),
+        "queue": queue.id,
+        "limit": max_messages,
+    }
+    if queue.on_timeout == Queue.OnTimeout.REQUEUE:
+        with transaction.atomic():
             # Redelivery is on time even when the sweep is late (rule 2).
             leases_expire_for_queue(queue_id=queue.id, now=now)
-        ids = list(
-            Message.objects.ready(now=now)
-            .filter(queue=queue)
-            .order_by("available_at", "id")
-            .select_for_update(skip_locked=True)
-            .values_list("id", flat=True)[:max_messages]
-        )
-        if not ids:
-            return []
-        # Re-checking the status makes this a compare-and-swap on SQLite, where
-        # FOR UPDATE is ignored and the IMMEDIATE transaction serialises writers.
-        rows = fetch(
-            f"""
-            UPDATE {MESSAGE} SET
-                status = 'leased',
-                receipt = CAST(id AS TEXT) || '.' || %s,
-                leased_at = %s,
-                lease_expires_at = %s,
-                consumer = %s,
-                leased_by_id = %s,
-                receive_count = receive_count + 1
-            WHERE id IN ({marks(ids)}) AND status = 'ready' AND available_at <= %s
-            RETURNING id, body, attributes, receipt, receive_count, sent_at, available_at
-            """,
-            [token, db_dt(now), db_dt(expires), consumer, getattr(user, "pk", None), *ids, db_dt(now)],
-        )
+            rows = fetch(_RECEIVE_SQL[connection.vendor == "postgresql"], params)
+    else:
+        rows = fetch(_RECEIVE_SQL[connection.vendor == "postgresql"], params)
     for row in rows:
         row["attributes"] = py_json(row["attributes"])
         row["sent_at"] = py_dt(row["sent_at"])

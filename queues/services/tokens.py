@@ -2,12 +2,15 @@
 
 Authentication is cached for AUTH_CACHE_SECONDS (default 5 s) so a request does not
 cost a query; a revoked or expired token stops working within that time (at once in
-the process, or with a shared cache, the cluster, that revoked it).
+the process that revoked it). The cache has two levels: a dict in each process, so a
+request costs no round trip either, and the shared cache, so a cluster looks a token
+up once per lifetime. Both keep the deadline of the first lookup, so no entry outlives it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from django.core.cache import cache
 from django.db.models import Q
@@ -18,6 +21,14 @@ from queues.models import ApiToken
 
 _CACHE_PREFIX = "wq:auth:"
 _MISSING = "missing"
+# digest -> (deadline as a Unix time, token or None). Bounded: random keys cannot grow it.
+_local: dict[str, tuple[float, ApiToken | None]] = {}
+_LOCAL_MAX = 10_000
+
+
+def token_cache_clear() -> None:
+    """Forget every cached authentication in this process (tests; the shared cache has its own clear)."""
+    _local.clear()
 
 
 def token_create(*, user, name: str, expires_at: dt.datetime | None = None) -> tuple[ApiToken, str]:
@@ -38,6 +49,7 @@ def token_revoke(*, token: ApiToken, now: dt.datetime | None = None) -> bool:
     now = now or timezone.now()
     revoked = bool(ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now))
     cache.delete(_CACHE_PREFIX + token.digest)
+    _local.pop(token.digest, None)
     return revoked
 
 
@@ -46,22 +58,43 @@ def _lookup(digest: str, now: dt.datetime) -> ApiToken | None:
 
 
 def token_authenticate(*, key: str, now: dt.datetime | None = None) -> ApiToken | None:
-    """The active token with this key, or None; served from the cache for a few seconds."""
+    """The active token with this key, or None; served from the caches for a few seconds."""
     now = now or timezone.now()
     digest = ApiToken.digest_of(key)
+    wall = time.time()
+    entry = _local.get(digest)
+    if entry is None or entry[0] <= wall:
+        entry = _shared_lookup(digest, now, wall)
+        if len(_local) >= _LOCAL_MAX:
+            _local.clear()
+        _local[digest] = entry
+    token = entry[1]
+    if token is None or (token.expires_at is not None and token.expires_at <= now):
+        return None
+    return token
+
+
+def token_known(*, key: str, now: dt.datetime | None = None) -> ApiToken | None:
+    """The token if this process has it cached as valid, else None; never a query or a round trip."""
+    entry = _local.get(ApiToken.digest_of(key))
+    if entry is None or entry[0] <= time.time() or entry[1] is None:
+        return None
+    token = entry[1]
+    now = now or timezone.now()
+    return None if token.expires_at is not None and token.expires_at <= now else token
+
+
+def _shared_lookup(digest: str, now: dt.datetime, wall: float) -> tuple[float, ApiToken | None]:
     cached = cache.get(_CACHE_PREFIX + digest)
-    if cached == _MISSING:
-        return None
-    if cached is not None:
-        if cached.expires_at is None or cached.expires_at > now:
-            return cached
-        return None
+    if isinstance(cached, tuple) and cached[0] > wall:
+        deadline, token = cached
+        return deadline, None if token == _MISSING else token
     token = _lookup(digest, now)
     ttl = app_settings.AUTH_CACHE_SECONDS
-    cache.set(_CACHE_PREFIX + digest, token or _MISSING, ttl)
+    cache.set(_CACHE_PREFIX + digest, (wall + ttl, token or _MISSING), ttl)
     if token is not None:
         _touch(token, now)
-    return token
+    return wall + ttl, token
 
 
 def _touch(token: ApiToken, now: dt.datetime) -> None:

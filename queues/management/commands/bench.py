@@ -114,7 +114,13 @@ class Command(BaseCommand):
             "--log-level", "warning",
         ]  # fmt: skip
         # The limiter still counts every request; its budget is just larger than the load.
-        env = {"WONDERQ_RATE_PER_TOKEN": "10000000/m", **os.environ}
+        # The server runs as in production: DEBUG off (no query log), whatever the caller has.
+        env = {
+            "WONDERQ_RATE_PER_TOKEN": "10000000/m",
+            **os.environ,
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or settings.SECRET_KEY,
+        }
         server = subprocess.Popen(cmd, cwd=settings.BASE_DIR, env=env)  # noqa: S603 (fixed arguments)
         base = f"http://127.0.0.1:{port}/api/v1"
         for _ in range(150):
