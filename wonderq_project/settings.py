@@ -89,6 +89,8 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 _db = dj_database_url.parse(DATABASE_URL)
 if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's SQLite backend, with writers queued on a file lock (see its docstring).
+    _db["ENGINE"] = "wonderq_project.sqlite3"
     _db["OPTIONS"] = {
         # Writers take the lock at BEGIN, so a read-then-write never upgrades a
         # shared lock (the source of "database is locked" under load).

@@ -32,8 +32,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc (Linux)."""
+def _tree_memory_kib(pid: int) -> tuple[int, int]:
+    """RSS and PSS of a process and all its descendants, from /proc (Linux).
+
+    RSS counts a page shared by the forked workers once per worker; PSS splits it
+    between them, so the PSS sum is the memory the server really holds.
+    """
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -42,17 +46,33 @@ def _tree_rss_kib(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, stack = 0, [pid]
+    rss = pss = 0
+    stack = [pid]
     while stack:
         current = stack.pop()
         stack.extend(children.get(current, []))
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
         except OSError:
             continue
-    return total
+    return rss, pss
+
+
+def _memory_summary(samples: list[tuple[float, int, int]]) -> dict:
+    """Peak RSS and PSS, and PSS growth from the end of the first tenth of the run (warm-up) to the end."""
+    if not samples:
+        return {"server_rss_mib": None, "server_pss_mib": None, "server_pss_growth_pct": None}
+    warm = next((s for s in samples if s[0] >= samples[-1][0] / 10), samples[0])
+    return {
+        "server_rss_mib": max(s[1] for s in samples) / 1024,
+        "server_pss_mib": max(s[2] for s in samples) / 1024,
+        "server_pss_growth_pct": (samples[-1][2] - warm[2]) / warm[2] * 100 if warm[2] else None,
+        "memory_samples": [{"t": round(t, 1), "rss_kib": rss, "pss_kib": pss} for t, rss, pss in samples],
+    }
 
 
 class Command(BaseCommand):
@@ -67,11 +87,17 @@ class Command(BaseCommand):
         parser.add_argument("--token", help="API token for --url.")
         parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2).")
         parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4).")
+        parser.add_argument(
+            "--worker-class", default="gthread", help="gunicorn worker class (default gthread; sync to compare)."
+        )
         parser.add_argument("--producers", type=int, default=2, help="producer processes (default 2).")
         parser.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2).")
         parser.add_argument("--duration", type=float, default=20, help="seconds per batch size (default 20).")
         parser.add_argument("--batch", default="1,10,100", help="comma-separated batch sizes (default 1,10,100).")
         parser.add_argument("--sweep", type=int, default=0, metavar="N", help="also time a sweep of N expired leases.")
+        parser.add_argument(
+            "--backlog", type=int, default=0, metavar="N", help="N ready messages in the queue before each run starts."
+        )
         parser.add_argument(
             "--output", default="bench-results", help="folder for JSON and SVG (default bench-results)."
         )
@@ -93,7 +119,7 @@ class Command(BaseCommand):
             base, token = opts["url"].rstrip("/"), opts["token"]
         else:
             call_command("migrate", interactive=False, verbosity=0)
-            server, base = self._start_server(opts["workers"], opts["threads"])
+            server, base = self._start_server(opts["workers"], opts["threads"], opts["worker_class"])
             from django.contrib.auth import get_user_model
 
             user, _ = get_user_model().objects.get_or_create(username="bench")
@@ -106,11 +132,11 @@ class Command(BaseCommand):
                 server.wait(timeout=30)
         self._write(results, opts)
 
-    def _start_server(self, workers: int, threads: int):
+    def _start_server(self, workers: int, threads: int, worker_class: str):
         port = _free_port()
         cmd = [
             sys.executable, "-m", "gunicorn", "wonderq_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
+            "--workers", str(workers), "--threads", str(threads), "--worker-class", worker_class,
             "--log-level", "warning",
         ]  # fmt: skip
         # The limiter still counts every request; its budget is just larger than the load.
@@ -132,7 +158,7 @@ class Command(BaseCommand):
         else:
             server.kill()
             raise CommandError("gunicorn did not start within 30 s")
-        self.stderr.write(f"gunicorn: {workers} workers x {threads} threads on {base}")
+        self.stderr.write(f"gunicorn: {workers} {worker_class} workers x {threads} threads on {base}")
         return server, base
 
     def _phase(self, base: str, token: str, batch: int, opts: dict, server) -> dict:
@@ -149,7 +175,9 @@ class Command(BaseCommand):
         if opts["sweep"] and not opts["url"] and batch == int(opts["batch"].split(",")[0]):
             sweeper = self._sweeper(opts["sweep"], sweep)
         self.stderr.write(f"batch {batch}: {opts['producers']} producers, {opts['consumers']} consumers, {seconds}s")
-        rss_samples: list[int] = []
+        if opts["backlog"]:
+            self._backlog(name, opts["backlog"], base, token)
+        memory: list[tuple[float, int, int]] = []
         with ProcessPoolExecutor(max_workers=opts["producers"] + opts["consumers"]) as pool:
             futures = [pool.submit(load.produce, base, token, name, batch, seconds) for _ in range(opts["producers"])]
             futures += [pool.submit(load.consume, base, token, name, batch, seconds) for _ in range(opts["consumers"])]
@@ -160,7 +188,7 @@ class Command(BaseCommand):
             while not all(f.done() for f in futures):
                 time.sleep(1)
                 if server is not None:
-                    rss_samples.append(_tree_rss_kib(server.pid))
+                    memory.append((time.monotonic() - started, *_tree_memory_kib(server.pid)))
                 self.stderr.write(f"  {time.monotonic() - started:4.0f}s", ending="\r")
             tallies = [f.result() for f in futures]
         if sweeper:
@@ -184,7 +212,7 @@ class Command(BaseCommand):
             },
             "errors": sum(t.errors for t in tallies),
             "error_samples": [s for t in tallies for s in t.error_samples][:5],
-            "server_rss_mib": None if not rss_samples else max(rss_samples) / 1024,
+            **_memory_summary(memory),
         }
         if sweep:
             result["sweep"] = sweep
@@ -192,6 +220,16 @@ class Command(BaseCommand):
             f"  sent {result['sent_per_s']:,.0f}/s, acked {result['acked_per_s']:,.0f}/s, errors {result['errors']}"
         )
         return result
+
+    def _backlog(self, name: str, count: int, base: str, token: str) -> None:
+        """`count` READY messages waiting before the clock starts, sent over HTTP in batches of 100."""
+        self.stderr.write(f"sending a backlog of {count:,} messages...")
+        client = load.Client(base, token)
+        body = {"messages": [{"body": "x" * 64} for _ in range(100)]}
+        for _ in range(0, count, 100):
+            status, data, _ = client.post(f"/queues/{name}/messages/", body)
+            if status != 201:
+                raise CommandError(f"backlog send failed: {status} {data}")
 
     def _sweeper(self, count: int, out: dict) -> threading.Thread:
         from django.contrib.auth import get_user_model
@@ -233,7 +271,11 @@ class Command(BaseCommand):
                 s = r["sweep"]
                 self.stdout.write(f"sweep: {s['leases']:,} leases in {s['batches']} batches, {s['seconds']:.2f} s")
             if r["server_rss_mib"] is not None:
-                self.stdout.write(f"batch {r['batch']}: server RSS peak {r['server_rss_mib']:.0f} MiB")
+                growth = r["server_pss_growth_pct"]
+                self.stdout.write(
+                    f"batch {r['batch']}: server memory peak {r['server_pss_mib']:.0f} MiB PSS"
+                    f" ({r['server_rss_mib']:.0f} MiB RSS), PSS growth after warm-up {growth:+.1f}%"
+                )
             for sample in r["error_samples"]:
                 self.stdout.write(f"error sample: {sample}")
         self.stdout.write(f"wrote {folder}/bench-{engine}-{stamp}.json and .svg")

@@ -1,0 +1,97 @@
+"""The SQLite backend queues writers on a file lock instead of failing them after the busy timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection, connections, transaction
+
+from queues.models import Message
+from queues.services import OutgoingMessage, message_send
+from tests.factories import QueueFactory
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "sqlite", reason="the writer lock is part of the SQLite backend"),
+]
+
+
+@pytest.fixture
+def short_busy_timeout():
+    """New connections give up on SQLite's own lock after 50 ms (the default is 20 s)."""
+    options = connections.settings["default"]["OPTIONS"]
+    saved = options["timeout"]
+    options["timeout"] = 0.05
+    yield
+    options["timeout"] = saved
+
+
+def _in_thread(target) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(target())
+        except Exception as exc:  # reported to the test, which asserts there was none
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit-statement", "atomic-block"])
+def test_sqlite_writer__waits_for_a_long_writer_instead_of_failing(short_busy_timeout, in_transaction):
+    queue = QueueFactory()
+    holding, release = threading.Event(), threading.Event()
+
+    def long_writer():
+        with transaction.atomic():
+            message_send(queue=queue, messages=[OutgoingMessage(body="first")])
+            holding.set()
+            release.wait(5)
+        return "committed"
+
+    def second_writer():
+        if in_transaction:
+            with transaction.atomic():
+                return message_send(queue=queue, messages=[OutgoingMessage(body="second")])
+        return message_send(queue=queue, messages=[OutgoingMessage(body="second")])
+
+    first, first_outcome = _in_thread(long_writer)
+    assert holding.wait(5)
+    second, second_outcome = _in_thread(second_writer)
+    # Ten times SQLite's busy timeout: without the file lock the second writer has failed by now.
+    time.sleep(0.5)
+    assert second.is_alive(), f"the second writer did not wait: {second_outcome}"
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert first_outcome == ["committed"]
+    assert not isinstance(second_outcome[0], Exception), second_outcome
+    assert sorted(Message.objects.values_list("body", flat=True)) == ["first", "second"]
+
+
+def test_sqlite_writer__reads_do_not_wait_for_a_writer(short_busy_timeout):
+    queue = QueueFactory()
+    message_send(queue=queue, messages=[OutgoingMessage(body="old")])
+    holding, release = threading.Event(), threading.Event()
+
+    def long_writer():
+        with transaction.atomic():
+            message_send(queue=queue, messages=[OutgoingMessage(body="new")])
+            holding.set()
+            release.wait(5)
+
+    writer, _ = _in_thread(long_writer)
+    assert holding.wait(5)
+    reader, seen = _in_thread(lambda: list(Message.objects.values_list("body", flat=True)))
+    reader.join(2)
+    release.set()
+    writer.join(5)
+    # WAL: the reader saw the last committed state at once, without the uncommitted row.
+    assert seen == [["old"]]
