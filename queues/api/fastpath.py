@@ -35,7 +35,8 @@ def _attributes_ok(attributes) -> bool:
             return False
         kind = type(value)
         if kind is str:
-            if _NOT_SQS_TEXT.search(value) or len(value) > app_settings.MAX_MESSAGE_BYTES:
+            # Blank too: AttributesField checks values with StrictText, which is not allow_blank.
+            if not value or _NOT_SQS_TEXT.search(value) or len(value) > app_settings.MAX_MESSAGE_BYTES:
                 return False
         elif kind not in (int, float, bool):
             return False
