@@ -249,20 +249,26 @@ def test_message_ack__finds_the_message_by_primary_key(queue, call):
     _seed_expired_leases(queue, 5_000)
     send(queue, "a")
     [m] = receive(queue)
-    with CaptureQueriesContext(connection) as captured:
+    statements = []
+
+    def capture(execute, sql, params, many, context):
+        statements.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(capture):
         if call == "ack":
             message_ack(queue=queue, receipts=[m["receipt"]], now=T0)
         else:
             message_extend(queue=queue, receipts=[m["receipt"]], visibility_timeout=5, now=T0)
-    [statement] = captured
+    [(sql, params)] = statements
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(f"ANALYZE {Message._meta.db_table}")
-            cursor.execute(f"EXPLAIN {statement['sql']}")
+            cursor.execute(f"EXPLAIN {sql}", params)
             plan = " ".join(row[0] for row in cursor.fetchall())
             assert "queues_message_pkey" in plan, plan
         else:
-            cursor.execute(f"EXPLAIN QUERY PLAN {statement['sql']}")
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
             plan = " ".join(row[-1] for row in cursor.fetchall())
             assert "PRIMARY KEY" in plan, plan
 

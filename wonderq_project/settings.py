@@ -86,7 +86,7 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------
 # DATABASE_URL picks the engine; the default is a SQLite file beside manage.py.
-DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 _db = dj_database_url.parse(DATABASE_URL)
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # Django's SQLite backend, with writers queued on a file lock (see its docstring).
@@ -257,3 +257,4 @@ for _name in ("WONDERQ_RATE_PER_TOKEN", "WONDERQ_RATE_ANONYMOUS", "WONDERQ_RATE_
     if _name in os.environ:
         globals()[_name] = os.environ[_name]
 WONDERQ_MAX_REQUEST_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
+WONDERQ_PREPARED_STATEMENTS = env_bool("WONDERQ_PREPARED_STATEMENTS", True)

@@ -12,7 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from django.db import connection
 from django.utils.dateparse import parse_datetime
 
+from queues.conf import app_settings
 from queues.models import Message, Queue
+
+try:
+    import psycopg
+except ImportError:  # SQLite-only installs
+    psycopg = None
 
 MESSAGE = Message._meta.db_table
 QUEUE = Queue._meta.db_table
@@ -42,9 +48,24 @@ def marks(values: Sequence) -> str:
     return ", ".join(["%s"] * len(values))
 
 
+def _cursor():
+    """A cursor for the statements here; on PostgreSQL one that binds parameters on the server.
+
+    Django's psycopg cursors interpolate parameters in the client, so PostgreSQL plans
+    every statement afresh; with many indexes on the message table planning costs more
+    than running the statement. A server-binding cursor lets psycopg prepare a statement
+    it has run a few times on a connection, and PostgreSQL reuses the plan.
+    """
+    if connection.vendor == "postgresql" and app_settings.PREPARED_STATEMENTS:
+        connection.ensure_connection()
+        # Django's wrapper (query logging, execute_wrappers) around psycopg's binding cursor.
+        return connection._prepare_cursor(psycopg.Cursor(connection.connection))
+    return connection.cursor()
+
+
 def fetch(sql: str, params: Iterable | Mapping = ()) -> list[dict]:
     """Run one statement (positional %s or named %(name)s parameters) and return its rows as dicts."""
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params if isinstance(params, Mapping) else list(params))
         if cursor.description is None:
             return []

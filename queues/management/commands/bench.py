@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -62,6 +63,32 @@ def _tree_memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def _median_of(runs: list[dict]) -> dict:
+    """One result whose every figure is the median of the runs' (each run kept under "runs")."""
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    result = dict(runs[0])
+    for key in ("sent", "acked", "sent_per_s", "acked_per_s", "server_rss_mib", "server_pss_mib"):
+        result[key] = median(r[key] for r in runs)
+    result["server_pss_growth_pct"] = median(r["server_pss_growth_pct"] for r in runs)
+    result["latency_ms"] = {
+        op: {
+            "p50": median(r["latency_ms"][op]["p50"] for r in runs),
+            "p99": median(r["latency_ms"][op]["p99"] for r in runs),
+            "requests": sum(r["latency_ms"][op]["requests"] for r in runs),
+        }
+        for op in runs[0]["latency_ms"]
+    }
+    result["errors"] = sum(r["errors"] for r in runs)
+    result["error_samples"] = [sample for r in runs for sample in r["error_samples"]][:5]
+    result.pop("memory_samples", None)
+    result["runs"] = [{k: v for k, v in r.items() if k != "memory_samples"} for r in runs]
+    return result
+
+
 def _memory_summary(samples: list[tuple[float, int, int]]) -> dict:
     """Peak RSS and PSS, and PSS growth from the end of the first tenth of the run (warm-up) to the end."""
     if not samples:
@@ -94,6 +121,9 @@ class Command(BaseCommand):
         parser.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2).")
         parser.add_argument("--duration", type=float, default=20, help="seconds per batch size (default 20).")
         parser.add_argument("--batch", default="1,10,100", help="comma-separated batch sizes (default 1,10,100).")
+        parser.add_argument(
+            "--runs", type=int, default=1, help="runs per batch size; the report gives medians (default 1)."
+        )
         parser.add_argument("--sweep", type=int, default=0, metavar="N", help="also time a sweep of N expired leases.")
         parser.add_argument(
             "--backlog", type=int, default=0, metavar="N", help="N ready messages in the queue before each run starts."
@@ -109,8 +139,8 @@ class Command(BaseCommand):
             raise CommandError("--batch takes comma-separated whole numbers, e.g. 1,10,100") from None
         if not batches or any(not 1 <= b <= 100 for b in batches):
             raise CommandError("each batch size must be between 1 and 100")
-        if opts["duration"] <= 0 or min(opts["producers"], opts["consumers"], opts["workers"]) < 1:
-            raise CommandError("--duration, --producers, --consumers and --workers must be positive")
+        if opts["duration"] <= 0 or min(opts["producers"], opts["consumers"], opts["workers"], opts["runs"]) < 1:
+            raise CommandError("--duration, --producers, --consumers, --workers and --runs must be positive")
         if opts["url"] and not opts["token"]:
             raise CommandError("--url needs --token")
 
@@ -125,7 +155,10 @@ class Command(BaseCommand):
             user, _ = get_user_model().objects.get_or_create(username="bench")
             _, token = token_create(user=user, name="bench")
         try:
-            results = [self._phase(base, token, batch, opts, server) for batch in batches]
+            results = []
+            for batch in batches:
+                runs = [self._phase(base, token, batch, opts, server, run) for run in range(opts["runs"])]
+                results.append(runs[0] if len(runs) == 1 else _median_of(runs))
         finally:
             if server is not None:
                 server.send_signal(signal.SIGTERM)
@@ -161,8 +194,8 @@ class Command(BaseCommand):
         self.stderr.write(f"gunicorn: {workers} {worker_class} workers x {threads} threads on {base}")
         return server, base
 
-    def _phase(self, base: str, token: str, batch: int, opts: dict, server) -> dict:
-        name = f"bench-{int(time.time())}-b{batch}"
+    def _phase(self, base: str, token: str, batch: int, opts: dict, server, run: int = 0) -> dict:
+        name = f"bench-{int(time.time())}-b{batch}-r{run}"
         if opts["url"]:
             load.Client(base, token).post("/queues/", {"name": name})
         else:
@@ -172,7 +205,7 @@ class Command(BaseCommand):
         seconds = opts["duration"]
         sweep: dict = {}
         sweeper = None
-        if opts["sweep"] and not opts["url"] and batch == int(opts["batch"].split(",")[0]):
+        if opts["sweep"] and not opts["url"] and batch == int(opts["batch"].split(",")[0]) and run == 0:
             sweeper = self._sweeper(opts["sweep"], sweep)
         self.stderr.write(f"batch {batch}: {opts['producers']} producers, {opts['consumers']} consumers, {seconds}s")
         if opts["backlog"]:
@@ -258,6 +291,10 @@ class Command(BaseCommand):
             "threads": opts["threads"],
             "producers": opts["producers"],
             "consumers": opts["consumers"],
+            "worker_class": opts["worker_class"],
+            "runs": opts["runs"],
+            "duration_s": opts["duration"],
+            "backlog": opts["backlog"],
             "cpus": os.cpu_count(),
             "when": timezone.now().isoformat(),
         }
