@@ -16,8 +16,7 @@ DEFAULTS = {
     "ACKED_RETENTION_SECONDS": 15 * 60,
     "DEDUP_WINDOW_SECONDS": 5 * 60,
     "SWEEP_BATCH": 10_000,
-    # PostgreSQL: let the hot statements be prepared (plans reused). Off behind a pooler that
-    # cannot keep prepared statements (PgBouncer before 1.21 in transaction mode).
+    # PostgreSQL: the hot statements bind on the server and are prepared (see settings).
     "PREPARED_STATEMENTS": True,
     "MAX_JSON_DEPTH": 32,
     "MAX_REQUEST_BYTES": 2 * 1024 * 1024,

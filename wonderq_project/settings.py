@@ -86,6 +86,10 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------
 # DATABASE_URL picks the engine; the default is a SQLite file beside manage.py.
+# PostgreSQL: the hot statements bind parameters on the server and are prepared after
+# a few runs on a connection (plans reused). Off behind a pooler that cannot keep
+# prepared statements (PgBouncer before 1.21 in transaction mode).
+WONDERQ_PREPARED_STATEMENTS = env_bool("WONDERQ_PREPARED_STATEMENTS", True)
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 _db = dj_database_url.parse(DATABASE_URL)
 if _db["ENGINE"] == "django.db.backends.sqlite3":
@@ -107,6 +111,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": str(Path(tempfile.gettempdir()) / f"wonderq-test-{os.getpid()}.sqlite3")}
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["OPTIONS"] = {
+        # Django's own cursors bind in the client and are never prepared; this applies to ours.
+        "prepare_threshold": 5 if WONDERQ_PREPARED_STATEMENTS else None,
         "pool": {
             "min_size": int(os.environ.get("WONDERQ_DB_POOL_MIN", "1")),
             "max_size": int(os.environ.get("WONDERQ_DB_POOL_MAX", "10")),
@@ -257,4 +263,3 @@ for _name in ("WONDERQ_RATE_PER_TOKEN", "WONDERQ_RATE_ANONYMOUS", "WONDERQ_RATE_
     if _name in os.environ:
         globals()[_name] = os.environ[_name]
 WONDERQ_MAX_REQUEST_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
-WONDERQ_PREPARED_STATEMENTS = env_bool("WONDERQ_PREPARED_STATEMENTS", True)
