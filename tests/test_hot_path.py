@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection
+from rest_framework import serializers
 
+from queues.models import Message
 from queues.services import OutgoingMessage, message_receive, message_send
 from tests.conftest import requires_postgres
 
@@ -56,3 +58,14 @@ def test_hot_path__postgres_prepares_the_receive_statement(queue):
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
     assert any("WITH picked AS MATERIALIZED" in statement for statement in prepared), prepared
+
+
+def test_hot_path__receive_writes_timestamps_as_drf_does(api, queue):
+    """The view formats timestamps itself; they must read exactly as the documented DateTimeField's."""
+    message_send(queue=queue, messages=[OutgoingMessage(body=f"m{i}") for i in range(3)])
+    response = _post(api, f"/api/v1/queues/{queue.name}/receive/", {"max_messages": 3})
+    field = serializers.DateTimeField()
+    for message in response.json()["messages"]:
+        row = Message.objects.get(id=message["id"])
+        assert message["sent_at"] == field.to_representation(row.sent_at)
+        assert message["lease_expires_at"] == field.to_representation(row.lease_expires_at)

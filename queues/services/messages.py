@@ -184,9 +184,8 @@ def message_receive(
     else:
         rows = fetch(_RECEIVE_SQL[connection.vendor == "postgresql"], params)
     for row in rows:
-        row["attributes"] = py_json(row["attributes"])
+        row["attributes"] = {} if row["attributes"] == "{}" else py_json(row["attributes"])
         row["sent_at"] = py_dt(row["sent_at"])
-        row["available_at"] = py_dt(row["available_at"])
         row["lease_expires_at"] = expires
     rows.sort(key=lambda row: (row.pop("available_at"), row["id"]))
     return rows
