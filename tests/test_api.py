@@ -14,9 +14,12 @@ import time
 import pytest
 from django.db import connection
 from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from queues import services
+from queues.api import errors
+from queues.api.views import QueueViewSet
 from queues.models import ApiToken, Delivery, Message, Queue, QueueGrant, ReviewDecision
 from queues.services import OutgoingMessage
 from tests.conftest import api_client_for
@@ -340,6 +343,25 @@ def test_queue_update__empty_body_changes_nothing(api, queue):
     assert response.status_code == 200
     queue.refresh_from_db()
     assert queue.visibility_timeout == 30
+
+
+@pytest.mark.parametrize("payload", [{}, {"visibility_timeout": 5}])
+def test_queue_update__queue_deleted_meanwhile_404(api, queue, monkeypatch, payload):
+    """Found by the fuzzer: a PATCH whose queue a concurrent DELETE removed after the lookup was a 500."""
+    found = QueueViewSet.get_queue
+
+    def get_queue_then_lose_the_race(view, name, need=None):
+        queue = found(view, name, need)
+        Queue.objects.filter(pk=queue.pk).delete()
+        return queue
+
+    monkeypatch.setattr(QueueViewSet, "get_queue", get_queue_then_lose_the_race)
+
+    response = api.patch(qurl("jobs"), payload, format="json")
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    assert not Queue.objects.exists()
 
 
 @pytest.mark.parametrize(
@@ -1597,6 +1619,118 @@ def test_schema__json_by_format_parameter(db, client):
 
     assert response.status_code == 200
     assert json.loads(response.content)["openapi"].startswith("3.")
+
+
+def _openapi() -> dict:
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+def _component(schema: dict, ref: dict) -> dict:
+    return schema["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]
+
+
+def test_schema__review_list_documents_the_page_it_answers(api, queue):
+    """Found by the fuzzer: the list is paginated, but the schema said a plain array."""
+    to_review(queue)
+    schema = _openapi()
+    operation = schema["paths"]["/api/v1/queues/{name}/review/"]["get"]
+    page = _component(schema, operation["responses"]["200"]["content"]["application/json"]["schema"])
+
+    body = api.get(qurl("jobs", "review"), {"page_size": 1}).json()
+
+    assert page["type"] == "object"
+    assert set(body) == set(page["properties"]) == {"count", "next", "previous", "results"}
+    assert page["properties"]["results"]["items"] == {"$ref": "#/components/schemas/ReviewItemOut"}
+    assert len(body["results"]) == body["count"] == 1
+    query = sorted(p["name"] for p in operation["parameters"] if p["in"] == "query")
+    assert query == ["consumer", "page", "page_size", "reason"]
+
+
+@pytest.mark.parametrize("action", ["ack", "extend", "release", "reject"])
+def test_schema__single_receipt_answer_is_documented(api, queue, action):
+    """Found by the fuzzer: `{receipt}` answers its result alone, `{receipts}` a list of results."""
+    send(queue)
+    [leased] = lease(queue)
+    payload = {"receipt": leased["receipt"], **({"visibility_timeout": 5} if action == "extend" else {})}
+    schema = _openapi()
+    ok = schema["paths"][f"/api/v1/queues/{{name}}/{action}/"]["post"]["responses"]["200"]
+
+    body = post(api, qurl("jobs", action), payload).json()
+
+    one_of = ok["content"]["application/json"]["schema"]["oneOf"]
+    batch, single = (_component(schema, ref) for ref in one_of)
+    assert batch["required"] == ["results"]
+    assert set(single["required"]) <= set(body) <= set(single["properties"])
+
+
+def test_schema__input_limits_follow_settings(db, settings):
+    """What the serializers refuse in code is in the schema too, so generated requests can be valid."""
+    settings.WONDERQ_MAX_BATCH = 7
+    settings.WONDERQ_MAX_WAIT_SECONDS = 3
+    schema = _openapi()
+    components = schema["components"]["schemas"]
+    send_body = schema["paths"]["/api/v1/queues/{name}/messages/"]["post"]["requestBody"]["content"]
+
+    assert [_component(schema, ref) for ref in send_body["application/json"]["schema"]["oneOf"]] == [
+        components["MessageInRequest"],
+        components["SendBatchInRequest"],
+    ]
+    assert components["SendBatchInRequest"]["properties"]["messages"]["maxItems"] == 7
+    assert (
+        components["ReceiptsInRequest"]["properties"]["receipts"] | {"maxItems": 7, "minItems": 1}
+        == (components["ReceiptsInRequest"]["properties"]["receipts"])
+    )
+    assert components["ReceiptsInRequest"]["oneOf"] == [{"required": ["receipt"]}, {"required": ["receipts"]}]
+    assert components["ReceiveInRequest"]["properties"]["wait_seconds"]["maximum"] == 3
+    assert all(
+        component["additionalProperties"] is False
+        for name, component in components.items()
+        if name.endswith("Request") and "properties" in component
+    )
+
+
+def test_schema__http_server_limits_documented_on_every_operation(db):
+    """Found by the fuzzer: gunicorn answers an over-long request line with its own 414 HTML page."""
+    for path, operations in _openapi()["paths"].items():
+        for method, operation in operations.items():
+            for status_code in ("414", "431"):
+                assert list(operation["responses"][status_code]["content"]) == ["text/html"], (method, path)
+
+
+@pytest.mark.parametrize("path", [f"{API}/nope/", f"{API}/queues/jobs/nope/", f"{API}/queues/jobs/review/x/"])
+def test_api_errors__unknown_path_404_json(api, queue, path):
+    """Found by the fuzzer: a path no route matches answered Django's HTML page."""
+    response = api.get(path)
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found.", "code": "not_found"}
+
+
+def test_api_errors__outside_the_api_django_pages_stay_html(db, client):
+    response = client.get("/nope/")
+
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_api_errors__too_many_query_fields_400_json(api, queue):
+    """Django refuses the query string itself (SuspiciousOperation): still the API's JSON shape."""
+    query = "&".join(f"f{i}=1" for i in range(1001))
+
+    response = api.get(f"{qurl('jobs', 'review')}?{query}")
+
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Bad request.", "code": "bad_request"}
+
+
+def test_api_errors__server_error_500_json_under_api_html_elsewhere(rf):
+    response = errors.server_error(rf.get(f"{API}/queues/"))
+    elsewhere = errors.server_error(rf.get("/admin/"))
+
+    assert response.status_code == elsewhere.status_code == 500
+    assert json.loads(response.content) == {"detail": "Internal server error.", "code": "server_error"}
+    assert elsewhere["Content-Type"].startswith("text/html")
 
 
 def test_docs__page_200(db, client):

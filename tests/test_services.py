@@ -26,6 +26,7 @@ from queues.services import (
     message_release,
     message_send,
     queue_counts,
+    queue_update,
     review_discard,
     review_requeue,
 )
@@ -705,3 +706,24 @@ def test_review_discard__late_ack_first_wins(queue):
 
     assert Message.objects.get(id=message_id).status == Message.Status.ACKED
     assert list(ReviewDecision.objects.values_list("action", flat=True)) == ["acked_late"]
+
+
+# --- queues ---------------------------------------------------------------------------------
+
+
+def test_queue_update__one_statement_changes_only_the_fields_given(queue, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        updated = queue_update(queue=queue, visibility_timeout=99, now=T0)
+
+    stored = Queue.objects.get(pk=queue.pk)
+    assert updated.visibility_timeout == stored.visibility_timeout == 99
+    assert updated.updated_at == stored.updated_at == T0
+    assert stored.max_receives == queue.max_receives
+
+
+def test_queue_update__queue_deleted_meanwhile_raises_does_not_exist(queue):
+    """Found by the fuzzer: PATCH racing DELETE was a 500 (save() found no row to update)."""
+    Queue.objects.filter(pk=queue.pk).delete()
+
+    with pytest.raises(Queue.DoesNotExist):
+        queue_update(queue=queue, visibility_timeout=99)

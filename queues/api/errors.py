@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.core.exceptions import RequestDataTooBig
+from django.http import JsonResponse
+from django.views import defaults
 from django_ratelimit.exceptions import Ratelimited
 from rest_framework import status
 from rest_framework.exceptions import APIException, Throttled
@@ -32,3 +34,38 @@ class Conflict(APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "Conflict."
     default_code = "conflict"
+
+
+# --- Django's own error views, for what never reaches DRF (an unknown /api/ path, a crash) ----------
+
+_API_PREFIX = "/api/"
+_DJANGO_ERRORS = {
+    400: ("Bad request.", "bad_request", defaults.bad_request),
+    403: ("Permission denied.", "permission_denied", defaults.permission_denied),
+    404: ("Not found.", "not_found", defaults.page_not_found),
+}
+
+
+def _api_error(status_code: int):
+    detail, code, html_view = _DJANGO_ERRORS[status_code]
+
+    def view(request, exception):
+        if request.path_info.startswith(_API_PREFIX):
+            return JsonResponse({"detail": detail, "code": code}, status=status_code)
+        return html_view(request, exception)
+
+    view.__name__ = view.__qualname__ = f"api_error_{status_code}"
+    view.__doc__ = f"{status_code} as the API's JSON `{{detail, code}}` under /api/, Django's page elsewhere."
+    return view
+
+
+bad_request = _api_error(400)
+permission_denied = _api_error(403)
+page_not_found = _api_error(404)
+
+
+def server_error(request):
+    """500 as JSON under /api/ (clients parse every answer as JSON), Django's page elsewhere."""
+    if request.path_info.startswith(_API_PREFIX):
+        return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)
+    return defaults.server_error(request)

@@ -6,6 +6,7 @@ import re
 
 from rest_framework import serializers
 
+from queues.api import schema  # noqa: F401 (registers the OpenAPI extensions for the fields below)
 from queues.conf import app_settings
 from queues.models import QUEUE_NAME_PATTERN, Delivery, Message, Queue
 from queues.services import message_json_size
@@ -207,6 +208,8 @@ class ReceiveOut(serializers.Serializer):
 
 class ReceiptsIn(StrictSerializer):
     """Either one `receipt` (answered 200 / 409 / 404) or a batch of `receipts` (one result each)."""
+
+    schema_constraints = {"oneOf": [{"required": ["receipt"]}, {"required": ["receipts"]}]}
 
     receipt = serializers.CharField(required=False, max_length=64, trim_whitespace=False)
     receipts = LimitedList(child=serializers.CharField(max_length=64, trim_whitespace=False), required=False)

@@ -82,6 +82,8 @@ class QueueViewSet(viewsets.ViewSet):
     lookup_field = "name"
     # Any name reaches the view, which answers 404 as JSON for names that cannot exist.
     lookup_value_regex = "[^/]+"
+    # Set per action (review); as_view() accepts only attributes the class has.
+    pagination_class = None
 
     def get_queue(self, name: str, need: str | None = None) -> Queue:
         """The queue if this user may see it (else 404, as if it did not exist) and may do `need` (else 403)."""
@@ -128,7 +130,10 @@ class QueueViewSet(viewsets.ViewSet):
         """Change a queue's settings."""
         queue = self.get_queue(name, MANAGE)
         data = _valid(s.QueueUpdateIn, request.data)
-        services.queue_update(queue=queue, **data)
+        try:
+            services.queue_update(queue=queue, **data)
+        except Queue.DoesNotExist:
+            raise NotFound("Queue not found.") from None  # deleted since get_queue found it
         return Response(_queue_out([queue])[0])
 
     @extend_schema(responses={204: None})
@@ -228,14 +233,14 @@ class QueueViewSet(viewsets.ViewSet):
         parameters=[
             OpenApiParameter("reason", str, enum=[c for c, _ in Message.ReviewReason.choices]),
             OpenApiParameter("consumer", str),
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int),
         ],
+        # With the action's pagination_class, drf-spectacular documents the page the paginator
+        # answers ({count, next, previous, results}) and its page / page_size parameters.
         responses=s.ReviewItemOut(many=True),
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=ReviewPagination)
     def review(self, request, name=None):
-        """The messages waiting for a decision, newest first."""
+        """The messages waiting for a decision, newest first, a page at a time."""
         queue = self.get_queue(name, MANAGE)
         filters = _valid(s.ReviewListIn, request.query_params)
         items = (
@@ -244,7 +249,7 @@ class QueueViewSet(viewsets.ViewSet):
             .prefetch_related(Prefetch("deliveries", Delivery.objects.select_related("leased_by")))
             .order_by("-review_at", "-id")
         )
-        paginator = ReviewPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(items, request, view=self)
         return paginator.get_paginated_response(s.ReviewItemOut(page, many=True).data)
 

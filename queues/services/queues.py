@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from queues.models import Message, Queue, QueueGrant
 from queues.services._sql import MESSAGE, QUEUE, db_dt, fetch, marks, py_dt
@@ -52,14 +53,19 @@ def queue_create(*, name: str, owner, **settings) -> Queue:
         raise QueueExists(name) from exc
 
 
-def queue_update(*, queue: Queue, **settings) -> Queue:
-    """Change a queue's settings (only the fields given)."""
+def queue_update(*, queue: Queue, now: dt.datetime | None = None, **settings) -> Queue:
+    """Change a queue's settings (only the fields given); raises Queue.DoesNotExist if it was deleted meanwhile."""
     unknown = set(settings) - set(QUEUE_FIELDS)
     if unknown:
         raise TypeError(f"unknown queue settings: {sorted(unknown)}")
+    now = now or timezone.now()
+    # One UPDATE whose row count is the verdict: a queue deleted since it was looked up is not
+    # an error of the database (save() raises DatabaseError for it) but a queue that is gone.
+    if not Queue.objects.filter(pk=queue.pk).update(**settings, updated_at=now):
+        raise Queue.DoesNotExist(queue.name)
     for field, value in settings.items():
         setattr(queue, field, value)
-    queue.save(update_fields=[*settings, "updated_at"])
+    queue.updated_at = now
     return queue
 
 
