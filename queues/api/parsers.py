@@ -35,23 +35,38 @@ def _charset(media_type: str | None) -> str | None:
     return None
 
 
-def _check(value, path: str, depth: int, max_depth: int) -> None:
-    """Walk the document without recursion limits of our own: depth and forbidden characters."""
-    stack = [(value, path, depth)]
+def _where(path: tuple) -> str:
+    where = ""
+    for step in path:
+        where = f"{where}[{step}]" if isinstance(step, int) else (f"{where}.{step}" if where else step)
+    return where or "the top"
+
+
+def _check(value, max_depth: int, *, strings: bool = True) -> None:
+    """Walk the document without recursion limits of our own: depth and, if `strings`, forbidden characters.
+
+    Paths are kept as tuples and spelled out only for the error message.
+    """
+    stack = [(value, (), 0)]
     while stack:
-        item, where, level = stack.pop()
+        item, path, level = stack.pop()
         if level > max_depth:
-            raise ParseError(f"JSON nested deeper than {max_depth} levels at {where or 'the top'}.")
+            raise ParseError(f"JSON nested deeper than {max_depth} levels at {_where(path)}.")
         if isinstance(item, str):
             if _FORBIDDEN.search(item):
-                raise ParseError(f"NUL or an unpaired surrogate in the string at {where or 'the top'}.")
+                raise ParseError(f"NUL or an unpaired surrogate in the string at {_where(path)}.")
         elif isinstance(item, dict):
             for key, child in item.items():
-                if _FORBIDDEN.search(key):
-                    raise ParseError(f"NUL or an unpaired surrogate in a key at {where or 'the top'}.")
-                stack.append((child, f"{where}.{key}" if where else key, level + 1))
+                if strings and _FORBIDDEN.search(key):
+                    raise ParseError(f"NUL or an unpaired surrogate in a key at {_where(path)}.")
+                if strings or isinstance(child, dict | list):
+                    stack.append((child, (*path, key), level + 1))
         elif isinstance(item, list):
-            stack.extend((child, f"{where}[{i}]", level + 1) for i, child in enumerate(item))
+            stack.extend(
+                (child, (*path, i), level + 1)
+                for i, child in enumerate(item)
+                if strings or isinstance(child, dict | list)
+            )
 
 
 def _no_constants(name: str):
@@ -85,5 +100,7 @@ class StrictJSONParser(JSONParser):
             raise ParseError("JSON nested too deeply.") from None
         except ValueError as exc:
             raise ParseError(f"JSON parse error: {exc}") from None
-        _check(data, "", 0, app_settings.MAX_JSON_DEPTH)
+        # A parsed string holds NUL or a surrogate only through a \u escape: JSON refuses raw
+        # control characters and the text is valid UTF-8. Without one, only the depth is walked.
+        _check(data, app_settings.MAX_JSON_DEPTH, strings="\\u" in text)
         return data
