@@ -6,7 +6,7 @@ import datetime as dt
 import re
 import time
 
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.db.models import Prefetch
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
@@ -69,6 +69,16 @@ class ReviewPagination(PageNumberPagination):
 def _iso(value) -> str:
     """An aware datetime as DRF's DateTimeField writes it with TIME_ZONE UTC: ISO 8601 with "Z"."""
     return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+def _while_queue_exists(call, *args, **kwargs):
+    """Run a write that refers to kwargs["queue"]; if it was deleted since it was looked up, 404 as usual."""
+    try:
+        return call(*args, **kwargs)
+    except IntegrityError:
+        if not Queue.objects.filter(pk=kwargs["queue"].pk).exists():
+            raise NotFound("Queue not found.") from None
+        raise
 
 
 def _valid(serializer_class, data, **context):
@@ -163,7 +173,7 @@ class QueueViewSet(viewsets.ViewSet):
             else:
                 validated = [_valid(s.MessageIn, request.data, queue=queue)]
             messages = [services.OutgoingMessage(**message) for message in validated]
-        sent = services.message_send(queue=queue, messages=messages)
+        sent = _while_queue_exists(services.message_send, queue=queue, messages=messages)
         body = {"ids": [m.id for m in sent], "messages": [{"id": m.id, "duplicate": m.duplicate} for m in sent]}
         return Response(body, status=status.HTTP_201_CREATED)
 
@@ -341,8 +351,8 @@ class QueueViewSet(viewsets.ViewSet):
         """Create (201) or replace (200) one user's grant."""
         queue = self.get_queue(name, MANAGE)
         data = _valid(s.GrantIn, request.data)
-        grant, created = self._grant_answer(
-            services.grant_set, queue=queue, username=username, actor=request.user, **data
+        grant, created = _while_queue_exists(
+            self._grant_answer, services.grant_set, queue=queue, username=username, actor=request.user, **data
         )
         return Response(s.GrantOut(grant).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
