@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from django.db import connection, connections, transaction
@@ -11,6 +15,8 @@ from django.db import connection, connections, transaction
 from queues.models import Message
 from queues.services import OutgoingMessage, message_send
 from tests.factories import QueueFactory
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -95,3 +101,33 @@ def test_sqlite_writer__reads_do_not_wait_for_a_writer(short_busy_timeout):
     writer.join(5)
     # WAL: the reader saw the last committed state at once, without the uncommitted row.
     assert seen == [["old"]]
+
+
+@pytest.mark.parametrize(("value", "pragma"), [(None, "1"), ("FULL", "2")], ids=["default-normal", "full"])
+def test_sqlite_synchronous__set_from_the_environment(tmp_path, value, pragma):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "DJANGO_DEBUG": "1"}
+    env.pop("WONDERQ_SQLITE_SYNCHRONOUS", None)
+    if value:
+        env["WONDERQ_SQLITE_SYNCHRONOUS"] = value
+    code = (
+        "from django.db import connection; c = connection.cursor(); "
+        "c.execute('PRAGMA synchronous'); print(c.fetchone()[0])"
+    )
+    run = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == pragma
+
+
+def test_sqlite_synchronous__unknown_value_refused(tmp_path):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "DJANGO_DEBUG": "1"}
+    env["WONDERQ_SQLITE_SYNCHRONOUS"] = "OFF"
+    run = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "WONDERQ_SQLITE_SYNCHRONOUS must be NORMAL, FULL or EXTRA" in run.stderr

@@ -92,6 +92,9 @@ TEMPLATES = [
 WONDERQ_PREPARED_STATEMENTS = env_bool("WONDERQ_PREPARED_STATEMENTS", True)
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 _db = dj_database_url.parse(DATABASE_URL)
+_SQLITE_SYNCHRONOUS = os.environ.get("WONDERQ_SQLITE_SYNCHRONOUS", "NORMAL").upper()
+if _SQLITE_SYNCHRONOUS not in {"NORMAL", "FULL", "EXTRA"}:
+    raise ImproperlyConfigured("WONDERQ_SQLITE_SYNCHRONOUS must be NORMAL, FULL or EXTRA.")
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # Django's SQLite backend, with writers queued on a file lock (see its docstring).
     _db["ENGINE"] = "wonderq_project.sqlite3"
@@ -101,7 +104,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         # Seconds a writer waits for the lock before giving up.
         "timeout": float(os.environ.get("WONDERQ_SQLITE_BUSY_TIMEOUT", "20")),
-        "init_command": ("PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;PRAGMA foreign_keys=ON;"),
+        # WAL with synchronous=NORMAL survives a crash of the process; FULL also a power cut.
+        "init_command": f"PRAGMA journal_mode=WAL;PRAGMA synchronous={_SQLITE_SYNCHRONOUS};PRAGMA foreign_keys=ON;",
     }
     # Connections stay open: opening one costs little, but closing the last one
     # checkpoints the WAL, a disk flush on every request.
