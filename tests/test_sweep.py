@@ -1,0 +1,192 @@
+"""The expiry sweep (`leases_sweep`): where each expired lease goes, how batches split, what a batch costs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from queues.bench.data import expired_leases_create
+from queues.models import Delivery, Message, Queue
+from queues.services import OutgoingMessage, leases_sweep, message_receive, message_send
+from queues.services import leases as leases_module
+from tests.conftest import requires_postgres
+from tests.factories import QueueFactory, UserFactory
+
+T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def lease(queue: Queue, n: int, *, now: dt.datetime, **options) -> list[int]:
+    """Send n messages and receive them at `now`; returns their ids."""
+    message_send(queue=queue, messages=[OutgoingMessage(body=f"m{i}") for i in range(n)], now=now)
+    got = message_receive(queue=queue, max_messages=n, now=now, **options)
+    assert len(got) == n
+    return [m["id"] for m in got]
+
+
+def expired_history() -> Counter:
+    return Counter(Delivery.objects.filter(outcome=Delivery.Outcome.EXPIRED).values_list("message_id", flat=True))
+
+
+@pytest.fixture
+def mixed(queue, requeue_queue, user):
+    """Leases of both kinds of queue whose expiries interleave, all run out by at(100).
+
+    requeue_queue (max_receives=2): `second` is on its second delivery (-> REVIEW, max_receives),
+    `first` on its first (-> READY). queue (review): `timed_out` (-> REVIEW, timeout).
+    """
+    second = lease(requeue_queue, 2, now=T0, consumer="r1", user=user)
+    assert leases_sweep(now=at(31)).ready == 2  # back to READY, available since at(30)
+    assert len(message_receive(queue=requeue_queue, max_messages=2, now=at(40), consumer="r2", user=user)) == 2
+    timed_out = lease(queue, 1, now=at(40.5), consumer="w1", user=user)  # expires at(70.5)
+    first = lease(requeue_queue, 2, now=at(41), consumer="r3", user=user)  # expires at(71)
+    timed_out += lease(queue, 1, now=at(41.5), consumer="w2", user=user)  # expires at(71.5)
+    return {"second": second, "first": first, "timed_out": timed_out}
+
+
+def test_leases_sweep__mixed_batch_each_lease_to_its_place_with_its_history(mixed, queue, user):
+    result = leases_sweep(now=at(100))
+
+    assert (result.review, result.ready, result.batches) == (4, 2, 1)
+    rows = {m.id: m for m in Message.objects.all()}
+    for message_id in mixed["second"]:
+        row = rows[message_id]
+        assert (row.status, row.review_reason, row.review_at) == ("review", "max_receives", at(70))
+    for message_id in mixed["first"]:
+        row = rows[message_id]
+        assert (row.status, row.available_at, row.review_reason, row.review_at) == ("ready", at(71), "", None)
+    for message_id, expiry in zip(mixed["timed_out"], (at(70.5), at(71.5)), strict=True):
+        row = rows[message_id]
+        assert (row.status, row.review_reason, row.review_at, row.review_note) == ("review", "timeout", expiry, "")
+    # One history row per delivery that ran out, copied from the lease.
+    last = {d.message_id: d for d in Delivery.objects.order_by("attempt")}
+    once = dict.fromkeys(mixed["first"] + mixed["timed_out"], 1)
+    assert expired_history() == {**dict.fromkeys(mixed["second"], 2), **once}
+    for message_id in mixed["second"]:
+        d = last[message_id]
+        assert (d.attempt, d.consumer, d.leased_by_id, d.leased_at, d.ended_at) == (2, "r2", user.id, at(40), at(70))
+    d = last[mixed["timed_out"][1]]
+    assert (d.queue_id, d.consumer, d.leased_at, d.ended_at, d.reason) == (queue.id, "w2", at(41.5), at(71.5), "")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4])
+def test_leases_sweep__batches_of_mixed_kinds_move_each_lease_once(mixed, batch_size):
+    progress: list[int] = []
+
+    result = leases_sweep(now=at(100), batch_size=batch_size, progress=lambda r: progress.append(r.total))
+
+    assert (result.review, result.ready) == (4, 2)
+    assert result.batches == -(-6 // batch_size)
+    assert progress == [min(6, n * batch_size) for n in range(1, result.batches + 1)]
+    assert Counter(Message.objects.values_list("status", flat=True)) == {"review": 4, "ready": 2}
+    assert set(expired_history().values()) <= {1, 2} and sum(expired_history().values()) == 8
+
+
+def test_leases_sweep__equal_expiry_times_split_across_batches(queue):
+    # One receive leases all 25 with the same expiry: the keyset must go on by id, not by time.
+    ids = lease(queue, 25, now=T0)
+    progress: list[int] = []
+
+    result = leases_sweep(now=at(30), batch_size=10, progress=lambda r: progress.append(r.total))
+
+    assert (result.review, result.batches, progress) == (25, 3, [10, 20, 25])
+    assert Message.objects.filter(id__in=ids, status="review", review_at=at(30)).count() == 25
+    assert expired_history() == dict.fromkeys(ids, 1)
+
+
+def test_leases_sweep__only_what_has_run_out_by_now(queue):
+    early = lease(queue, 3, now=T0)  # expires at(30)
+    late = lease(queue, 3, now=at(1))  # expires at(31)
+
+    assert leases_sweep(now=at(30), batch_size=2).review == 3
+
+    assert set(Message.objects.filter(status="leased").values_list("id", flat=True)) == set(late)
+    assert set(expired_history()) == set(early)
+
+
+def test_leases_sweep__statements_a_batch_are_few_and_do_not_grow_with_it(queue):
+    """No id lists go to the database and back: every statement is the same size whatever the batch."""
+    expired_leases_create(queue=queue, count=3_000, expired_at=T0)
+
+    with CaptureQueriesContext(connection) as captured:
+        result = leases_sweep(now=at(1), batch_size=1_000)
+
+    assert (result.review, result.batches) == (3_000, 3)
+    assert len(captured) <= 8 * result.batches, [q["sql"][:80] for q in captured]
+    assert max(len(q["sql"]) for q in captured) < 4_000
+    assert Message.objects.filter(queue=queue, status="review").count() == 3_000
+    assert Delivery.objects.filter(queue=queue).count() == 3_000
+
+
+@requires_postgres
+def test_leases_sweep__batch_walks_the_leased_index_in_order_without_sorting(queue):
+    """Stale statistics must not turn a batch into a sort of every leased row (PostgreSQL)."""
+    expired_leases_create(queue=queue, count=2_000, expired_at=T0)
+    params = {"now": at(1), "limit": 500, "after_at": T0, "after_id": 0}
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(leases_module._PLAN_SETTINGS)
+        cursor.execute("EXPLAIN " + leases_module._SWEEP_PG.format(after=leases_module._AFTER), params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        transaction.set_rollback(True)
+
+    assert "Index Scan using message_leased_idx" in plan, plan
+    assert "Sort Key: queues_message.lease_expires_at" not in plan, plan
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_leases_sweep__steps_over_a_row_another_transaction_holds(user):
+    """SKIP LOCKED: a row an ack (say) holds is left for a later sweep, never waited for nor moved twice."""
+    queue = QueueFactory(owner=user)
+    ids = lease(queue, 5, now=T0)
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                list(Message.objects.select_for_update().filter(id=ids[2]))
+                held.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    assert held.wait(30)
+    try:
+        first = leases_sweep(now=at(30), batch_size=2)
+    finally:
+        release.set()
+        thread.join(30)
+    second = leases_sweep(now=at(30), batch_size=2)
+
+    assert (first.review, second.review) == (4, 1)
+    assert Message.objects.filter(id__in=ids, status="review").count() == 5
+    assert expired_history() == dict.fromkeys(ids, 1)
+
+
+def test_history_without_database_checks__deleting_a_user_or_queue_still_reaches_it(queue, user):
+    """The database no longer checks history's keys (migration 0003): Django's own cascades must."""
+    other = QueueFactory(owner=user)
+    lease(queue, 2, now=T0, user=user)
+    lease(other, 1, now=T0, user=user)
+    leases_sweep(now=at(30))
+    assert Delivery.objects.filter(leased_by=user).count() == 3
+
+    queue.delete()
+    assert list(Delivery.objects.values_list("queue_id", flat=True)) == [other.id]
+
+    other.owner = UserFactory()
+    other.save()
+    user.delete()
+    assert list(Delivery.objects.values_list("leased_by_id", flat=True)) == [None]
+    assert list(Message.objects.values_list("leased_by_id", flat=True)) == [None]
