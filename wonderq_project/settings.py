@@ -117,6 +117,10 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["OPTIONS"] = {
         # Django's own cursors bind in the client and are never prepared; this applies to ours.
         "prepare_threshold": 5 if WONDERQ_PREPARED_STATEMENTS else None,
+        # A prepared statement is still planned for its actual values: a generic plan cannot
+        # know how many messages a receive asks for or how far the index walk goes, and under a
+        # growing backlog it chose a sort of every ready row over the ordered index walk.
+        "options": "-c plan_cache_mode=force_custom_plan",
         "pool": {
             "min_size": int(os.environ.get("WONDERQ_DB_POOL_MIN", "1")),
             "max_size": int(os.environ.get("WONDERQ_DB_POOL_MAX", "10")),
