@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from queues.models import Delivery, Message, Queue, QueueGrant, ReviewDecision
 from queues.services import token_cache_clear, token_create
 from tests.factories import QueueFactory, UserFactory
 
@@ -16,6 +18,18 @@ requires_postgres = pytest.mark.skipif(
     reason="needs PostgreSQL: set DATABASE_URL=postgres://...",
 )
 requires_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL=redis://...")
+
+
+def snapshot() -> dict:
+    """Full rows of every table an API call could change, to prove a refused call changed nothing."""
+    return {
+        "users": list(get_user_model().objects.order_by("pk").values()),
+        "queues": list(Queue.objects.order_by("id").values()),
+        "messages": list(Message.objects.order_by("id").values()),
+        "grants": list(QueueGrant.objects.order_by("id").values()),
+        "deliveries": list(Delivery.objects.order_by("id").values()),
+        "decisions": list(ReviewDecision.objects.order_by("id").values()),
+    }
 
 
 def api_client_for(user) -> APIClient:

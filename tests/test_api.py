@@ -20,9 +20,9 @@ from rest_framework.test import APIClient
 from queues import services
 from queues.api import errors
 from queues.api.views import QueueViewSet
-from queues.models import ApiToken, Delivery, Message, Queue, QueueGrant, ReviewDecision
+from queues.models import ApiToken, Delivery, Message, Queue, ReviewDecision
 from queues.services import OutgoingMessage
-from tests.conftest import api_client_for
+from tests.conftest import api_client_for, snapshot
 from tests.factories import QueueFactory, QueueGrantFactory, UserFactory
 
 API = "/api/v1"
@@ -90,17 +90,6 @@ def has_key(data, key: str) -> bool:
     if isinstance(data, list):
         return any(has_key(value, key) for value in data)
     return False
-
-
-def snapshot() -> dict:
-    """Everything the API could change, to prove a refused request changed nothing."""
-    return {
-        "queues": list(Queue.objects.order_by("id").values()),
-        "messages": list(Message.objects.order_by("id").values()),
-        "grants": list(QueueGrant.objects.order_by("id").values()),
-        "deliveries": list(Delivery.objects.order_by("id").values()),
-        "decisions": list(ReviewDecision.objects.order_by("id").values()),
-    }
 
 
 def assert_refused(response, status_code: int, before: int, field: str | None = None, code: str | None = None):

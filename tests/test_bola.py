@@ -16,14 +16,13 @@ import json
 from collections.abc import Callable
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
 from queues import services
-from queues.models import Delivery, Message, Queue, QueueGrant, ReviewDecision
+from queues.models import Delivery, Message, ReviewDecision
 from queues.services import OutgoingMessage
-from tests.conftest import api_client_for
+from tests.conftest import api_client_for, snapshot
 from tests.factories import QueueFactory, UserFactory
 
 PREFIX = "/api/v1/queues/{name}"
@@ -70,18 +69,6 @@ OPERATIONS = _queue_scoped_operations()
 def _key(method: str, path: str) -> str:
     assert path.startswith(PREFIX), f"{path}: a queue-scoped path outside {PREFIX}; extend this sweep"
     return f"{method} {path.removeprefix(PREFIX)}"
-
-
-def snapshot() -> dict:
-    """Full rows of every table an API call could change."""
-    return {
-        "users": list(get_user_model().objects.order_by("pk").values()),
-        "queues": list(Queue.objects.order_by("id").values()),
-        "messages": list(Message.objects.order_by("id").values()),
-        "grants": list(QueueGrant.objects.order_by("id").values()),
-        "deliveries": list(Delivery.objects.order_by("id").values()),
-        "decisions": list(ReviewDecision.objects.order_by("id").values()),
-    }
 
 
 @pytest.fixture(autouse=True)

@@ -15,9 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from queues import services
-from queues.models import Delivery, Message, Queue, QueueGrant, ReviewDecision
+from queues.models import Message, Queue, QueueGrant, ReviewDecision
 from queues.services import OutgoingMessage
-from tests.conftest import api_client_for
+from tests.conftest import api_client_for, snapshot
 from tests.factories import QueueFactory, UserFactory
 
 API = "/api/v1"
@@ -43,17 +43,6 @@ def put_grant(client, username: str, body, name: str = "jobs"):
 
 def put_raw(client, path: str, raw: bytes):
     return client.generic("PUT", path, raw, content_type="application/json")
-
-
-def snapshot() -> dict:
-    """Every table a request could change, row by row, to prove a refused one changed nothing."""
-    return {
-        "queues": list(Queue.objects.order_by("id").values()),
-        "messages": list(Message.objects.order_by("id").values()),
-        "grants": list(QueueGrant.objects.order_by("id").values()),
-        "deliveries": list(Delivery.objects.order_by("id").values()),
-        "decisions": list(ReviewDecision.objects.order_by("id").values()),
-    }
 
 
 def grants_of(queue: Queue) -> dict[str, tuple[bool, bool, bool]]:
