@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from queues.api.throttling import rate_slices_clear
 from queues.models import Delivery, Message, Queue, QueueGrant, ReviewDecision
 from queues.services import token_cache_clear, token_create
 from tests.factories import QueueFactory, UserFactory
@@ -45,9 +46,11 @@ def _clear_cache():
     """Authentication and rate-limit state must not leak from one test into the next."""
     cache.clear()
     token_cache_clear()
+    rate_slices_clear()
     yield
     cache.clear()
     token_cache_clear()
+    rate_slices_clear()
 
 
 @pytest.fixture

@@ -49,8 +49,9 @@ def test_rate_limits__can_be_switched_off(settings, user):
     assert [api.get(URL).status_code for _ in range(3)] == [200] * 3
 
 
-def _get(url: str, key: str) -> tuple[int, str | None]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Token {key}", "Connection": "close"})
+def _call(url: str, key: str, body: bytes | None = None) -> tuple[int, str | None]:
+    headers = {"Authorization": f"Token {key}", "Connection": "close", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=20) as response:
             return response.status, None
@@ -62,18 +63,109 @@ def _get(url: str, key: str) -> tuple[int, str | None]:
 
 @requires_redis
 @pytest.mark.slow
-def test_rate_per_token__burst_over_four_gunicorn_workers_shares_one_budget(tmp_path):
-    limit = 100
+# A list goes through DRF's throttle; a send, once a worker knows the token, through the hot path's count.
+# 100 is counted request by request; 2,000 in slices of 20, of which each worker may leave one unspent.
+@pytest.mark.parametrize(("call", "limit", "requests"), [("list", 100, 300), ("send", 100, 300), ("send", 2000, 2400)])
+def test_rate_per_token__burst_over_four_gunicorn_workers_shares_one_budget(tmp_path, call, limit, requests):
     with live.fresh_database(tmp_path) as database_url:
         # An hour-long window: a burst of a few seconds cannot straddle two windows by chance.
         env = live.project_env(database_url, WONDERQ_RATE_PER_TOKEN=f"{limit}/h")
         live.manage(env, "migrate", "-v0")
         key = live.manage(env, "create_token", "burst").strip()
+        live.manage(env, "create_queue", "burst", "--owner", "burst")
         with live.gunicorn(env, workers=4) as base, ThreadPoolExecutor(max_workers=16) as pool:
-            answers = list(pool.map(lambda _: _get(f"{base}/queues/", key), range(3 * limit)))
-    admitted = [a for a in answers if a[0] == 200]
+            if call == "list":
+                answers = list(pool.map(lambda _: _call(f"{base}/queues/", key), range(requests)))
+            else:
+                url, body = f"{base}/queues/burst/messages/", b'{"body": "x"}'
+                answers = list(pool.map(lambda _: _call(url, key, body), range(requests)))
+    admitted = [a for a in answers if a[0] in (200, 201)]
     refused = [a for a in answers if a[0] == 429]
-    assert len(admitted) + len(refused) == 3 * limit
-    assert len(admitted) <= 1.05 * limit
+    assert len(admitted) + len(refused) == requests
+    assert len(admitted) <= limit, "the shared count never admits more than the limit"
     assert len(admitted) >= 0.95 * limit, "the shared counter must not refuse requests under the limit"
     assert all(retry_after and int(retry_after) >= 1 for _, retry_after in refused)
+
+
+@pytest.fixture
+def redis_commands(monkeypatch):
+    """The Redis commands this process sends (the real client still sends them)."""
+    import redis
+
+    commands = []
+    execute = redis.Redis.execute_command
+
+    def counting(self, *args, **options):
+        commands.append(args[0])
+        return execute(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counting)
+    return commands
+
+
+@requires_redis
+@pytest.mark.django_db
+def test_rate_counter__one_redis_round_trip_per_request(settings, redis_commands, user, queue):
+    """django-ratelimit's get_usage makes two (add, then incr); ours counts in one script call."""
+    settings.WONDERQ_RATE_PER_TOKEN = "150/m"  # under 200: counted request by request
+    commands = redis_commands
+    api = api_client_for(user)
+    base = f"/api/v1/queues/{queue.name}"
+    api.post(f"{base}/receive/", {}, format="json")  # the first request also looks the token up
+    commands.clear()
+    for path, body in [("messages", {"body": "x"}), ("receive", {}), ("ack", {"receipts": ["1.00"]})]:
+        assert api.post(f"{base}/{path}/", body, format="json").status_code in (200, 201)
+    assert api.get(URL).status_code == 200
+    assert commands == ["EVALSHA"] * 4
+
+
+@requires_redis
+@pytest.mark.django_db
+def test_rate_counter__keys_and_counts_are_django_ratelimits():
+    """The script writes the key django-ratelimit reads, with an expiry: the two agree on every count."""
+    from django.test import RequestFactory
+    from django_ratelimit.core import get_usage
+
+    from queues.api.throttling import usage
+
+    request = RequestFactory().get("/")
+    for expected in (1, 2, 3):
+        ours = usage(request, group="g", ident="token:7", rate="10/m", increment=True)
+        theirs = get_usage(request, group="g", key=lambda _g, _r: "token:7", rate="10/m", increment=False)
+        assert ours["count"] == theirs["count"] == expected
+        assert ours["time_left"] == theirs["time_left"] and ours["limit"] == theirs["limit"] == 10
+    theirs = get_usage(request, group="g", key=lambda _g, _r: "token:7", rate="10/m", increment=True)
+    assert usage(request, group="g", ident="token:7", rate="10/m", increment=False)["count"] == theirs["count"] == 4
+    from django_redis import get_redis_connection
+
+    ttls = [get_redis_connection("default").ttl(key) for key in get_redis_connection("default").keys("*rl:*")]
+    assert len(ttls) == 1 and 0 < ttls[0] <= 60 + 5
+
+
+@requires_redis
+@pytest.mark.django_db
+def test_rate_counter__a_large_budget_is_taken_in_slices(settings, redis_commands, user, queue):
+    settings.WONDERQ_RATE_PER_TOKEN = "1000/m"  # slices of 10
+    api = api_client_for(user)
+    base = f"/api/v1/queues/{queue.name}"
+    assert api.post(f"{base}/receive/", {}, format="json").status_code == 200  # takes the first slice
+    redis_commands.clear()
+    answers = [api.post(f"{base}/receive/", {}, format="json").status_code for _ in range(35)]
+    assert answers == [200] * 35
+    assert redis_commands == ["EVALSHA"] * 3, "9 left in the first slice, then 3 more slices for 26 requests"
+
+
+@requires_redis
+@pytest.mark.django_db
+@pytest.mark.parametrize("limit", [150, 300])  # counted one by one, and in slices of 3
+def test_rate_counter__admits_exactly_the_limit_in_one_process(settings, user, queue, limit):
+    settings.WONDERQ_RATE_PER_TOKEN = f"{limit}/h"
+    api = api_client_for(user)
+    base = f"/api/v1/queues/{queue.name}"
+    answers = []
+    for i in range(limit + 20):
+        if i % 2:
+            answers.append(api.post(f"{base}/receive/", {}, format="json").status_code)
+        else:
+            answers.append(api.get(URL).status_code)
+    assert answers == [200] * limit + [429] * 20
