@@ -90,17 +90,22 @@ class StrictJSONParser(JSONParser):
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
             raise RequestTooLarge(f"Request body larger than {limit} bytes.")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ParseError(f"Request body is not valid UTF-8 (byte {exc.start}).") from None
-        try:
-            data = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
-        except RecursionError:
-            raise ParseError("JSON nested too deeply.") from None
-        except ValueError as exc:
-            raise ParseError(f"JSON parse error: {exc}") from None
-        # A parsed string holds NUL or a surrogate only through a \u escape: JSON refuses raw
-        # control characters and the text is valid UTF-8. Without one, only the depth is walked.
-        _check(data, app_settings.MAX_JSON_DEPTH, strings="\\u" in text)
-        return data
+        return loads(raw)
+
+
+def loads(raw: bytes):
+    """A UTF-8 JSON document within the limits, or ParseError saying what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"Request body is not valid UTF-8 (byte {exc.start}).") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
+    except RecursionError:
+        raise ParseError("JSON nested too deeply.") from None
+    except ValueError as exc:
+        raise ParseError(f"JSON parse error: {exc}") from None
+    # A parsed string holds NUL or a surrogate only through a \u escape: JSON refuses raw
+    # control characters and the text is valid UTF-8. Without one, only the depth is walked.
+    _check(data, app_settings.MAX_JSON_DEPTH, strings="\\u" in text)
+    return data

@@ -94,6 +94,55 @@ def _queue_out(queues: list[Queue]) -> list[dict]:
     return s.QueueOut(queues, many=True).data
 
 
+# --- The answers of the hot calls, shared with queues.api.hotpath -------------------------------------
+
+
+def send_answer(queue: Queue, messages: list[services.OutgoingMessage]) -> dict:
+    """Store checked messages; the 201 body (SendOut)."""
+    sent = _while_queue_exists(services.message_send, queue=queue, messages=messages)
+    return {"ids": [m.id for m in sent], "messages": [{"id": m.id, "duplicate": m.duplicate} for m in sent]}
+
+
+def receive_answer(queue: Queue, user, params: dict) -> dict:
+    """Lease up to max_messages, polling until wait_seconds are up; the 200 body (ReceiveOut)."""
+    deadline = time.monotonic() + params["wait_seconds"]
+    while True:
+        # Each try is its own short transaction; the wait happens outside any.
+        messages = services.message_receive(
+            queue=queue,
+            user=user,
+            consumer=params["consumer"],
+            max_messages=params["max_messages"],
+            visibility_timeout=params.get("visibility_timeout"),
+        )
+        remaining = deadline - time.monotonic()
+        if messages or remaining <= 0:
+            break
+        time.sleep(min(app_settings.POLL_INTERVAL, remaining))
+    # The service's rows are already the documented shape (ReceiveOut). Timestamps are
+    # written here as DRF's DateTimeField writes them, the lease's once for the batch.
+    if messages:
+        expires = _iso(messages[0]["lease_expires_at"])
+        for message in messages:
+            message["lease_expires_at"], message["sent_at"] = expires, _iso(message["sent_at"])
+    return {"messages": messages}
+
+
+def receipts_answer(queue: Queue, data: dict, service) -> tuple[int, dict]:
+    """Apply `service` to checked `{receipt}` or `{receipts}` data; the status code and body."""
+    single = "receipt" in data
+    receipts = [data.pop("receipt")] if single else data.pop("receipts")
+    # Results are plain dicts in ItemResultOut's shape.
+    results = service(queue=queue, receipts=receipts, **data)
+    if not single:
+        return status.HTTP_200_OK, {"results": results}
+    result = results[0]
+    if result["status"] in _SINGLE_STATUS:
+        detail = result.get("detail", "No message has this receipt.")
+        return _SINGLE_STATUS[result["status"]], {"detail": detail, "code": result["status"]}
+    return status.HTTP_200_OK, result
+
+
 class QueueViewSet(viewsets.ViewSet):
     lookup_field = "name"
     # Any name reaches the view, which answers 404 as JSON for names that cannot exist.
@@ -173,54 +222,21 @@ class QueueViewSet(viewsets.ViewSet):
             else:
                 validated = [_valid(s.MessageIn, request.data, queue=queue)]
             messages = [services.OutgoingMessage(**message) for message in validated]
-        sent = _while_queue_exists(services.message_send, queue=queue, messages=messages)
-        body = {"ids": [m.id for m in sent], "messages": [{"id": m.id, "duplicate": m.duplicate} for m in sent]}
-        return Response(body, status=status.HTTP_201_CREATED)
+        return Response(send_answer(queue, messages), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.ReceiveIn, responses=s.ReceiveOut)
     @action(detail=True, methods=["post"])
     def receive(self, request, name=None):
         """Lease up to max_messages; with wait_seconds, poll until one arrives or time is up."""
         queue = self.get_queue(name, RECEIVE)
-        data = fastpath.receive_params(request.data) or _valid(s.ReceiveIn, request.data)
-        deadline = time.monotonic() + data["wait_seconds"]
-        while True:
-            # Each try is its own short transaction; the wait happens outside any.
-            messages = services.message_receive(
-                queue=queue,
-                user=request.user,
-                consumer=data["consumer"],
-                max_messages=data["max_messages"],
-                visibility_timeout=data.get("visibility_timeout"),
-            )
-            remaining = deadline - time.monotonic()
-            if messages or remaining <= 0:
-                break
-            time.sleep(min(app_settings.POLL_INTERVAL, remaining))
-        # The service's rows are already the documented shape (ReceiveOut). Timestamps are
-        # written here as DRF's DateTimeField writes them, the lease's once for the batch.
-        if messages:
-            expires = _iso(messages[0]["lease_expires_at"])
-            for message in messages:
-                message["lease_expires_at"], message["sent_at"] = expires, _iso(message["sent_at"])
-        return Response({"messages": messages})
+        params = fastpath.receive_params(request.data) or _valid(s.ReceiveIn, request.data)
+        return Response(receive_answer(queue, request.user, params))
 
-    def _receipts_call(self, request, name, serializer_class, service, fast=None, **kwargs):
+    def _receipts_call(self, request, name, serializer_class, service, fast=None):
         queue = self.get_queue(name, RECEIVE)
         data = (fast and fast(request.data)) or _valid(serializer_class, request.data)
-        single = "receipt" in data
-        receipts = [data.pop("receipt")] if single else data.pop("receipts")
-        # Results are plain dicts in ItemResultOut's shape.
-        results = service(queue=queue, receipts=receipts, **data, **kwargs)
-        if not single:
-            return Response({"results": results})
-        result = results[0]
-        if result["status"] in _SINGLE_STATUS:
-            return Response(
-                {"detail": result.get("detail", "No message has this receipt."), "code": result["status"]},
-                status=_SINGLE_STATUS[result["status"]],
-            )
-        return Response(result)
+        code, body = receipts_answer(queue, data, service)
+        return Response(body, status=code)
 
     @extend_schema(request=s.ReceiptsIn, responses=s.ResultsOut)
     @action(detail=True, methods=["post"])

@@ -67,7 +67,8 @@ def fetch(sql: str, params: Iterable | Mapping = ()) -> list[dict]:
     """Run one statement (positional %s or named %(name)s parameters) and return its rows as dicts."""
     with _cursor() as cursor:
         cursor.execute(sql, params if isinstance(params, Mapping) else list(params))
-        if cursor.description is None:
+        description = cursor.description  # psycopg builds it anew on each access
+        if description is None:
             return []
-        names = [col[0] for col in cursor.description]
+        names = [col[0] for col in description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
