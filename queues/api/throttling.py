@@ -9,8 +9,8 @@ if it has none, where django-ratelimit's `get_usage` makes two (`add`, then `inc
 caches (the embedded default's process-local one) go through `get_usage` itself.
 
 Every API request is counted against its token, so even that one round trip was a fifth
-of a hot request's time. A process therefore takes a token's budget from Redis in slices
-of 1% of the limit and spends them locally (`token_usage`). The shared count still covers
+of a hot request's time. A process therefore takes a token's budget from the cache in
+slices of 1% of the limit and spends them locally (`token_usage`). The shared count still covers
 every admitted request, so no window ever admits more than the limit; a slice a process
 took and did not spend before the window ended is budget lost, at most 1% of the limit
 per process. Limits under 200 a window are counted request by request, as before.
@@ -70,22 +70,31 @@ def _redis_script():
     return _script or None
 
 
+def _add(key: str, amount: int, lifetime: int) -> int:
+    """Add `amount` to django-ratelimit's counter `key` (0 reads it); its new value."""
+    script = _redis_script()
+    if script is not None:
+        return int(script(keys=[caches["default"].make_key(key)], args=[amount, lifetime]))
+    cache = caches["default"]
+    cache.add(key, 0, lifetime)
+    return cache.incr(key, amount) if amount else cache.get(key, 0)
+
+
 def usage(request, *, group: str, ident: str, rate: str, increment: bool) -> dict | None:
     """django-ratelimit's usage dict (count, limit, should_limit, time_left) for `ident` in `group`."""
     if not getattr(settings, "RATELIMIT_ENABLE", True):
         return None
-    script = _redis_script()
-    if script is None:
+    if _redis_script() is None:
         return get_usage(request, group=group, key=lambda _group, _request: ident, rate=rate, increment=increment)
     limit, period = _split_rate(rate)
     window = _get_window(ident, period)
     # method=ALL as get_usage is called: the key ends in an empty method list.
-    key = caches["default"].make_key(_make_cache_key(group, window, rate, ident, ""))
-    count = int(script(keys=[key], args=[1 if increment else 0, period + EXPIRATION_FUDGE]))
+    key = _make_cache_key(group, window, rate, ident, "")
+    count = _add(key, 1 if increment else 0, period + EXPIRATION_FUDGE)
     return {"count": count, "limit": limit, "should_limit": count > limit, "time_left": window - int(time.time())}
 
 
-# Budget slices this process holds: Redis key -> requests it may still admit in that key's window.
+# Budget slices this process holds: counter key -> requests it may still admit in that key's window.
 _slices: dict[str, int] = {}
 _slices_lock = threading.Lock()
 _SLICES_MAX = 10_000
@@ -99,20 +108,21 @@ def rate_slices_clear() -> None:
 
 def token_usage(request, token_pk) -> dict | None:
     """Count one request against a token's budget: {should_limit, time_left, limit}."""
+    if not getattr(settings, "RATELIMIT_ENABLE", True):
+        return None
     ident, rate = f"token:{token_pk}", app_settings.RATE_PER_TOKEN
-    script = _redis_script() if getattr(settings, "RATELIMIT_ENABLE", True) else None
     limit, period = _split_rate(rate)
     size = limit // 100
-    if script is None or size < 2:
+    if size < 2:
         return usage(request, group=API_GROUP, ident=ident, rate=rate, increment=True)
     window = _get_window(ident, period)
-    key = caches["default"].make_key(_make_cache_key(API_GROUP, window, rate, ident, ""))
+    key = _make_cache_key(API_GROUP, window, rate, ident, "")
     with _slices_lock:
         left = _slices.get(key, 0)
         if left == 0:
-            # One round trip for the next `size` requests; while it runs, this process's other
+            # One count for the next `size` requests; while it runs, this process's other
             # threads wait for the slice rather than each taking one.
-            total = int(script(keys=[key], args=[size, period + EXPIRATION_FUDGE]))
+            total = _add(key, size, period + EXPIRATION_FUDGE)
             left = max(0, min(size, limit - (total - size)))
             if len(_slices) >= _SLICES_MAX:
                 _slices.clear()  # old windows' slices; dropping a live one only loses budget
