@@ -36,7 +36,7 @@ def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
     for r in results:
         assert r["sent"] > 0 and r["acked"] > 0 and r["errors"] == 0, r
         assert r["latency_ms"]["send"]["p50"] > 0 and r["latency_ms"]["ack"]["p99"] >= r["latency_ms"]["ack"]["p50"]
-        assert r["server_rss_mib"] > 0
+        assert r["server_rss_mib"] > 0 and r["cpu_calibration_ms"] > 0
     assert results[0]["sweep"]["leases"] == 2000
     assert [p.suffix for p in sorted((tmp_path / "out").iterdir())] == [".json", ".svg"]
     assert "| batch | sent msg/s |" in run.stdout

@@ -63,6 +63,22 @@ def _tree_memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def cpu_calibration_ms() -> float:
+    """Milliseconds for a fixed piece of pure-Python work (2,000,000 loop additions), best of 3.
+
+    Shared VMs of one class differ in speed, and one VM from minute to minute: each run
+    records this beside its figures, so runs on a slower moment can be told apart.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def _median_of(runs: list[dict]) -> dict:
     """One result whose every figure is the median of the runs' (each run kept under "runs")."""
 
@@ -71,7 +87,7 @@ def _median_of(runs: list[dict]) -> dict:
         return statistics.median(values) if values else None
 
     result = dict(runs[0])
-    for key in ("sent", "acked", "sent_per_s", "acked_per_s", "server_rss_mib", "server_pss_mib"):
+    for key in ("sent", "acked", "sent_per_s", "acked_per_s", "server_rss_mib", "server_pss_mib", "cpu_calibration_ms"):
         result[key] = median(r[key] for r in runs)
     result["server_pss_growth_pct"] = median(r["server_pss_growth_pct"] for r in runs)
     result["latency_ms"] = {
@@ -213,6 +229,7 @@ class Command(BaseCommand):
         if opts["backlog"]:
             self._backlog(name, opts["backlog"], base, token)
         memory: list[tuple[float, int, int]] = []
+        calibration = cpu_calibration_ms()
         with ProcessPoolExecutor(max_workers=opts["producers"] + opts["consumers"]) as pool:
             futures = [pool.submit(load.produce, base, token, name, batch, seconds) for _ in range(opts["producers"])]
             futures += [pool.submit(load.consume, base, token, name, batch, seconds) for _ in range(opts["consumers"])]
@@ -246,6 +263,7 @@ class Command(BaseCommand):
                 for op, values in latencies.items()
             },
             "errors": sum(t.errors for t in tallies),
+            "cpu_calibration_ms": calibration,
             "error_samples": [s for t in tallies for s in t.error_samples][:5],
             **_memory_summary(memory),
         }
@@ -253,6 +271,7 @@ class Command(BaseCommand):
             result["sweep"] = sweep
         self.stderr.write(
             f"  sent {result['sent_per_s']:,.0f}/s, acked {result['acked_per_s']:,.0f}/s, errors {result['errors']}"
+            f" (CPU calibration {calibration} ms)"
         )
         return result
 
