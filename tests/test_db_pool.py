@@ -1,0 +1,60 @@
+"""PostgreSQL's pool: no check round trip for a connection in steady use, and a dead idle one never reaches a request."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+
+from tests.conftest import api_client_for, requires_postgres
+
+pytestmark = [requires_postgres, pytest.mark.django_db(transaction=True)]
+
+
+def _kill_pooled_connections() -> int:
+    """Terminate every other backend on the test database, as a database restart would."""
+    params = {**connection.get_connection_params()}
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    with psycopg.connect(**params, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_pool__a_connection_that_died_while_idle_is_replaced_before_a_request_gets_it(user, queue):
+    api = api_client_for(user)
+    base = f"/api/v1/queues/{queue.name}"
+    assert api.post(f"{base}/messages/", {"body": "before"}, format="json").status_code == 201
+    connection.close()  # back to the pool, as at the end of a request
+    assert _kill_pooled_connections() >= 1
+    time.sleep(1.2)  # longer than WONDERQ_DB_CHECK_AFTER_IDLE: the next loan is checked
+    response = api.post(f"{base}/messages/", {"body": "after"}, format="json")  # no 500
+    assert response.status_code == 201, response.content
+    received = api.post(f"{base}/receive/", {"max_messages": 2}, format="json").json()["messages"]
+    assert [m["body"] for m in received] == ["before", "after"]
+
+
+def test_pool__a_connection_in_steady_use_is_lent_without_a_check(monkeypatch, user, queue):
+    from psycopg_pool import ConnectionPool
+
+    checks = []
+    check = ConnectionPool.check_connection
+    monkeypatch.setattr(ConnectionPool, "check_connection", lambda conn: (checks.append(conn), check(conn)))
+    api = api_client_for(user)
+    base = f"/api/v1/queues/{queue.name}"
+    assert api.post(f"{base}/receive/", {}, format="json").status_code == 200
+    connection.close()  # the test client keeps the connection; a served request gives it back
+    checks.clear()
+    for _ in range(20):
+        assert api.post(f"{base}/receive/", {}, format="json").status_code == 200
+        connection.close()
+    assert checks == [], "a connection lent a moment ago is lent again without a round trip"
+    time.sleep(1.2)
+    assert api.post(f"{base}/receive/", {}, format="json").status_code == 200
+    assert len(checks) == 1, "after an idle second it is checked first"

@@ -1,0 +1,47 @@
+"""PostgreSQL with a pool that checks a connection only when it has sat unused.
+
+Django's pool option checks every connection with an empty query before lending it
+(CONN_HEALTH_CHECKS), a round trip on every request: 10-20% of the throughput of small
+requests. Without any check, a connection that died while it sat in the pool (a database
+restart, an idle timeout on the server or a firewall) fails the next request that gets it.
+
+Here, as connection pools such as HikariCP do, a connection lent within the last
+WONDERQ_DB_CHECK_AFTER_IDLE seconds (default 1) is lent without a check: under load every
+connection is in constant use and none is checked; one that sat idle longer is checked
+first and, if dead, replaced before any request sees it. A connection that breaks while
+in use is dropped when it comes back to the pool.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.db.backends.postgresql import base
+
+try:
+    from psycopg_pool import ConnectionPool
+except ImportError:  # pragma: no cover - psycopg[pool] is a runtime dependency
+    ConnectionPool = None
+
+
+def _check_after_idle(seconds: float):
+    def check(connection) -> None:
+        now = time.monotonic()
+        lent_before = getattr(connection, "_wonderq_lent_at", None)
+        connection._wonderq_lent_at = now
+        if lent_before is None or now - lent_before >= seconds:
+            ConnectionPool.check_connection(connection)
+
+    check.__qualname__ = check.__name__ = "check_after_idle"
+    return check
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    @property
+    def pool(self):
+        pool = super().pool
+        idle = self.settings_dict.get("CHECK_AFTER_IDLE")
+        # Django hands the pool ConnectionPool.check_connection when CONN_HEALTH_CHECKS is on.
+        if pool is not None and idle is not None and pool._check is ConnectionPool.check_connection:
+            pool._check = _check_after_idle(idle)
+        return pool
