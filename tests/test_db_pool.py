@@ -1,4 +1,4 @@
-"""PostgreSQL's pool: no check round trip for a connection in steady use, and a dead idle one never reaches a request."""
+"""PostgreSQL's pool: no check round trip for a connection in steady use; a dead idle one never reaches a request."""
 
 from __future__ import annotations
 
