@@ -13,6 +13,16 @@ from tests.conftest import api_client_for, requires_postgres
 pytestmark = [requires_postgres, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_pool():
+    """A new pool for each test: earlier tests leave idle connections in the process's pool."""
+    connection.close()
+    connection.close_pool()
+    yield
+    connection.close()
+    connection.close_pool()
+
+
 def _kill_pooled_connections() -> int:
     """Terminate every other backend on the test database, as a database restart would."""
     params = {**connection.get_connection_params()}
@@ -48,8 +58,9 @@ def test_pool__a_connection_in_steady_use_is_lent_without_a_check(monkeypatch, u
     monkeypatch.setattr(ConnectionPool, "check_connection", lambda conn: (checks.append(conn), check(conn)))
     api = api_client_for(user)
     base = f"/api/v1/queues/{queue.name}"
-    assert api.post(f"{base}/receive/", {}, format="json").status_code == 200
-    connection.close()  # the test client keeps the connection; a served request gives it back
+    for _ in range(20):  # every connection the pool holds is lent at least once
+        assert api.post(f"{base}/receive/", {}, format="json").status_code == 200
+        connection.close()  # the test client keeps the connection; a served request gives it back
     checks.clear()
     for _ in range(20):
         assert api.post(f"{base}/receive/", {}, format="json").status_code == 200
