@@ -153,6 +153,12 @@ def test_rate_counter__a_large_budget_is_taken_in_slices(settings, redis_command
     answers = [api.post(f"{base}/receive/", {}, format="json").status_code for _ in range(35)]
     assert answers == [200] * 35
     assert redis_commands == ["EVALSHA"] * 3, "9 left in the first slice, then 3 more slices for 26 requests"
+    settings.WONDERQ_RATE_PER_TOKEN = "200/m"  # a new budget (slices of 2): spent, then refused locally
+    answers = [api.post(f"{base}/receive/", {}, format="json").status_code for _ in range(205)]
+    assert answers == [200] * 200 + [429] * 5
+    redis_commands.clear()
+    assert api.post(f"{base}/receive/", {}, format="json").status_code == 429
+    assert redis_commands == [], "once the window's budget is spent, a refusal costs no round trip"
 
 
 @pytest.mark.django_db

@@ -98,6 +98,7 @@ def usage(request, *, group: str, ident: str, rate: str, increment: bool) -> dic
 _slices: dict[str, int] = {}
 _slices_lock = threading.Lock()
 _SLICES_MAX = 10_000
+_SPENT = -1
 
 
 def rate_slices_clear() -> None:
@@ -126,9 +127,12 @@ def token_usage(request, token_pk) -> dict | None:
             left = max(0, min(size, limit - (total - size)))
             if len(_slices) >= _SLICES_MAX:
                 _slices.clear()  # old windows' slices; dropping a live one only loses budget
+            if left == 0:
+                # The window's budget is spent for good: refuse the rest without a round trip.
+                _slices[key] = left = _SPENT
         if left > 0:
             _slices[key] = left - 1
-    return {"limit": limit, "should_limit": left == 0, "time_left": window - int(time.time())}
+    return {"limit": limit, "should_limit": left <= 0, "time_left": window - int(time.time())}
 
 
 class TokenRateThrottle(BaseThrottle):
