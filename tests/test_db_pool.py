@@ -69,3 +69,28 @@ def test_pool__a_connection_in_steady_use_is_lent_without_a_check(monkeypatch, u
     time.sleep(1.2)
     assert api.post(f"{base}/receive/", {}, format="json").status_code == 200
     assert len(checks) == 1, "after an idle second it is checked first"
+
+
+def test_pool__a_forked_child_opens_its_own_connections(user):
+    """django-q2 forks its processes: a child must never use the parent's sockets."""
+    import os
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        parent_pid = cursor.fetchone()[0]
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report the backend it talks to, then leave at once
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                os.write(write, str(cursor.fetchone()[0]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_pid = int(os.read(read, 100) or b"0")
+    os.waitpid(child, 0)
+    assert child_pid and child_pid != parent_pid
+    with connection.cursor() as cursor:  # the parent's session is intact
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] == parent_pid

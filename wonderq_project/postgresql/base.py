@@ -14,6 +14,7 @@ in use is dropped when it comes back to the pool.
 
 from __future__ import annotations
 
+import os
 import time
 
 from django.db.backends.postgresql import base
@@ -45,3 +46,24 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if pool is not None and idle is not None and pool._check is ConnectionPool.check_connection:
             pool._check = _check_after_idle(idle)
         return pool
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child, drop the parent's pool and connections without closing them.
+
+    django-q2 forks its pusher, workers and monitor from a process that has already used
+    the database. A child that used the inherited pool would share the parent's sockets:
+    two processes talking over one PostgreSQL connection read each other's results
+    ("the last operation didn't produce records (command status: BEGIN)"). Closing them
+    here would end the parent's sessions too, so the child just lets go of them (their
+    threads did not survive the fork) and opens its own.
+    """
+    from django.db import connections
+
+    DatabaseWrapper._connection_pools = {}
+    for wrapper in connections.all(initialized_only=True):
+        if isinstance(wrapper, DatabaseWrapper):
+            wrapper.connection = None
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
