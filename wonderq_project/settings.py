@@ -135,7 +135,14 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     # The pool checks a connection before lending it only if it was last lent this many seconds
     # ago or more; 0 checks every time (a round trip on every request).
     _db["CONN_HEALTH_CHECKS"] = True
-    _db["CHECK_AFTER_IDLE"] = float(os.environ.get("WONDERQ_DB_CHECK_AFTER_IDLE", "1"))
+    try:
+        _db["CHECK_AFTER_IDLE"] = float(os.environ.get("WONDERQ_DB_CHECK_AFTER_IDLE", "1"))
+    except ValueError:
+        raise ImproperlyConfigured(
+            "WONDERQ_DB_CHECK_AFTER_IDLE must be a number of seconds, e.g. 1 (0 checks always)."
+        ) from None
+    if not 0 <= _db["CHECK_AFTER_IDLE"] < float("inf"):
+        raise ImproperlyConfigured("WONDERQ_DB_CHECK_AFTER_IDLE must be 0 or more seconds.")
 else:
     raise ImproperlyConfigured(f"DATABASE_URL must be sqlite:// or postgres://, got {_db['ENGINE']}")
 DATABASES = {"default": _db}
