@@ -11,7 +11,7 @@ from django.db import connection
 from rest_framework import serializers
 
 from queues.models import Message
-from queues.services import OutgoingMessage, message_receive, message_send
+from queues.services import OutgoingMessage, message_ack, message_receive, message_send
 from tests.conftest import requires_postgres
 
 
@@ -48,16 +48,52 @@ def test_hot_path__each_api_call_is_a_lookup_and_one_statement(api, queue, djang
     assert [r["status"] for r in response.json()["results"]] == ["acked"] * batch
 
 
-@requires_postgres
-def test_hot_path__postgres_prepares_the_receive_statement(queue):
-    """After a few runs on a connection psycopg prepares it: PostgreSQL stops planning it each time."""
-    message_send(queue=queue, messages=[OutgoingMessage(body=f"m{i}") for i in range(10)])
-    for _ in range(8):
-        message_receive(queue=queue, max_messages=1)
+def _prepared_statements() -> dict[str, tuple[int, int]]:
+    """This connection's prepared statements: text -> (generic plans, custom plans) run so far."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements")
-        prepared = [row[0] for row in cursor.fetchall()]
-    assert any("WITH picked AS MATERIALIZED" in statement for statement in prepared), prepared
+        cursor.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+
+
+@requires_postgres
+def test_hot_path__postgres_prepares_send_and_ack_once_for_any_batch_size(queue):
+    """psycopg prepares a statement after a few runs on a connection, and PostgreSQL then stops
+    planning it. Send and ack read the same for any batch size (arrays, not a placeholder per
+    value), so each is one prepared statement, and its plan is reused (generic plans run)."""
+    for round_ in range(15):
+        size = 1 + round_ % 3
+        message_send(queue=queue, messages=[OutgoingMessage(body=f"m{i}") for i in range(size)])
+        leased = message_receive(queue=queue, max_messages=size)
+        results = message_ack(queue=queue, receipts=[m["receipt"] for m in leased])
+        assert [r["status"] for r in results] == ["acked"] * size
+    prepared = _prepared_statements()
+    sends = [plans for text, plans in prepared.items() if text.lstrip().startswith("INSERT INTO queues_message")]
+    acks = [plans for text, plans in prepared.items() if "status = 'acked'" in text]
+    assert len(sends) == 1 and len(acks) == 1, prepared
+    assert sends[0][0] > 0 and acks[0][0] > 0, prepared
+
+
+@requires_postgres
+def test_hot_path__postgres_plans_each_receive_for_its_own_values(queue):
+    """Receive is never prepared: a generic plan cannot know how many messages a receive asks
+    for, and under a backlog it sorted every ready row instead of walking the ready index."""
+    message_send(queue=queue, messages=[OutgoingMessage(body=f"m{i}") for i in range(2_000)])
+    statements = []
+
+    def capture(execute, sql, params, many, context):
+        statements.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(capture):
+        for _ in range(12):
+            message_receive(queue=queue, max_messages=10)
+    assert not [text for text in _prepared_statements() if "WITH picked AS MATERIALIZED" in text]
+    sql, params = statements[-1]
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Message._meta.db_table}")
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "message_ready_idx" in plan and "Sort" not in plan, plan
 
 
 def test_hot_path__receive_writes_timestamps_as_drf_does(api, queue):

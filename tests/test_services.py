@@ -114,6 +114,38 @@ def test_message_send__dedup_is_per_queue(queue, requeue_queue):
     assert a != b
 
 
+# Text that array literals, JSON and SQL quoting treat specially: a batch is sent as one array per column
+# on PostgreSQL, so each must come back exactly as sent, in its place.
+AWKWARD = ["NULL", "null", "", '{"a": [1, 2]}', 'a"b', "back\\slash", "x,y", "{}", "  padded  ", "new\nline",
+           "é ✓ 😀", "\t", "'; DROP TABLE queues_message; --", "(1, 2)", "\\N"]  # fmt: skip
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["server-binding", "client-binding"])
+def test_message_send__batch_keeps_every_body_attribute_and_delay_in_its_place(queue, settings, prepared):
+    settings.WONDERQ_PREPARED_STATEMENTS = prepared
+    messages = [
+        OutgoingMessage(
+            body=body,
+            attributes={"text": body, "n": i} if i % 3 else {},
+            dedup_id=f"d{i}" if i % 2 else None,
+            delay_seconds=i % 4 * 10,
+        )
+        for i, body in enumerate(AWKWARD)
+    ]
+    sent = message_send(queue=queue, messages=messages, now=T0)
+    assert [s.duplicate for s in sent] == [False] * len(AWKWARD)
+    rows = {row["id"]: row for row in Message.objects.filter(queue=queue).values()}
+    assert [s.id for s in sent] == sorted(rows)  # ids follow the batch's order
+    for message, s in zip(messages, sent, strict=True):
+        row = rows[s.id]
+        assert (row["body"], row["attributes"], row["dedup_id"]) == (message.body, message.attributes, message.dedup_id)
+        assert row["available_at"] == at(message.delay_seconds) and row["sent_at"] == T0
+    leased = receive(queue, 100, now=at(60))
+    assert [m["body"] for m in leased] == [m.body for m in sorted(messages, key=lambda m: m.delay_seconds)]
+    results = message_ack(queue=queue, receipts=[m["receipt"] for m in leased] + ["999999999.x", "nonsense"], now=at(61))
+    assert statuses(results) == [ACKED] * len(AWKWARD) + [NOT_FOUND, NOT_FOUND]
+
+
 # --- receive ------------------------------------------------------------------
 
 

@@ -88,8 +88,9 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------
 # DATABASE_URL picks the engine; the default is a SQLite file beside manage.py.
-# PostgreSQL: the hot statements bind parameters on the server and are prepared after
-# a few runs on a connection (plans reused). Off behind a pooler that cannot keep
+# PostgreSQL: the hot statements bind parameters on the server, and those with one right
+# plan whatever their values are prepared after a few runs on a connection (plans reused;
+# see queues.services._sql). Off behind a pooler that cannot keep
 # prepared statements (PgBouncer before 1.21 in transaction mode).
 WONDERQ_PREPARED_STATEMENTS = env_bool("WONDERQ_PREPARED_STATEMENTS", True)
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
@@ -121,10 +122,6 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["OPTIONS"] = {
         # Django's own cursors bind in the client and are never prepared; this applies to ours.
         "prepare_threshold": 5 if WONDERQ_PREPARED_STATEMENTS else None,
-        # A prepared statement is still planned for its actual values: a generic plan cannot
-        # know how many messages a receive asks for or how far the index walk goes, and under a
-        # growing backlog it chose a sort of every ready row over the ordered index walk.
-        "options": "-c plan_cache_mode=force_custom_plan",
         "pool": {
             "min_size": int(os.environ.get("WONDERQ_DB_POOL_MIN", "1")),
             "max_size": int(os.environ.get("WONDERQ_DB_POOL_MAX", "10")),

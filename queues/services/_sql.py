@@ -48,24 +48,54 @@ def marks(values: Sequence) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def _cursor():
+def any_of(column: str, values: Sequence, pg_type: str) -> tuple[str, list]:
+    """`column IN (values)` and its parameters.
+
+    On PostgreSQL the values are one array parameter, so the statement reads the same
+    for any number of them: psycopg parses its text once (it parses a statement of a
+    hundred placeholders on every run) and PostgreSQL can keep its plan.
+    """
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s::{pg_type}[])", [list(values)]
+    return f"{column} IN ({marks(values)})", list(values)
+
+
+if psycopg is not None:
+
+    class _FreshPlanCursor(psycopg.Cursor):
+        """Binds on the server but never prepares: PostgreSQL plans each run for its own values."""
+
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            return super().execute(query, params, prepare=False, binary=binary)
+
+
+def _cursor(reuse_plan: bool):
     """A cursor for the statements here; on PostgreSQL one that binds parameters on the server.
 
     Django's psycopg cursors interpolate parameters in the client, so PostgreSQL plans
     every statement afresh; with many indexes on the message table planning costs more
     than running the statement. A server-binding cursor lets psycopg prepare a statement
-    it has run a few times on a connection, and PostgreSQL reuses the plan.
+    it has run a few times on a connection, and PostgreSQL reuses its plan (`reuse_plan`).
+
+    A statement whose best plan depends on its values (how many rows a LIMIT asks for, how
+    far an index range reaches) is run unprepared instead, and so planned for those values:
+    a generic receive plan sorted the whole backlog rather than walk the ready index.
     """
     if connection.vendor == "postgresql" and app_settings.PREPARED_STATEMENTS:
         connection.ensure_connection()
+        cursor_class = psycopg.Cursor if reuse_plan else _FreshPlanCursor
         # Django's wrapper (query logging, execute_wrappers) around psycopg's binding cursor.
-        return connection._prepare_cursor(psycopg.Cursor(connection.connection))
+        return connection._prepare_cursor(cursor_class(connection.connection))
     return connection.cursor()
 
 
-def fetch(sql: str, params: Iterable | Mapping = ()) -> list[dict]:
-    """Run one statement (positional %s or named %(name)s parameters) and return its rows as dicts."""
-    with _cursor() as cursor:
+def fetch(sql: str, params: Iterable | Mapping = (), *, reuse_plan: bool = False) -> list[dict]:
+    """Run one statement (positional %s or named %(name)s parameters) and return its rows as dicts.
+
+    `reuse_plan=True` is for statements with one right plan whatever their values (rows by
+    primary key, a plain INSERT): PostgreSQL may then plan them once per connection.
+    """
+    with _cursor(reuse_plan) as cursor:
         cursor.execute(sql, params if isinstance(params, Mapping) else list(params))
         description = cursor.description  # psycopg builds it anew on each access
         if description is None:

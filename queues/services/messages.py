@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from queues.conf import app_settings
 from queues.models import Delivery, Message, Queue, ReviewDecision
-from queues.services._sql import MESSAGE, db_dt, fetch, marks, py_dt, py_json
+from queues.services._sql import MESSAGE, any_of, db_dt, fetch, py_dt, py_json
 from queues.services.leases import deliveries_record, leases_expire_for_queue
 
 ACKED = "acked"
@@ -95,33 +95,41 @@ def _due(queue: Queue, messages: Sequence[OutgoingMessage]) -> list[tuple[Outgoi
 
 
 def _insert(*, queue_id: int, rows: list[tuple[OutgoingMessage, int]], now: dt.datetime) -> list[int]:
-    """One multi-row INSERT ... RETURNING id for the batch: no model instance per message."""
+    """One INSERT ... RETURNING id for the batch: no model instance per message."""
     if not rows:
         return []
-    attributes = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
-    row_sql = f"(%s, 'ready', %s, {attributes}, %s, %s, %s, 0, '', '', '', '')"
     sent_at = db_dt(now)
-    params: list = []
+    bodies, attributes, dedup_ids, available = [], [], [], []
     for message, delay in rows:
-        params += [
-            queue_id,
-            message.body,
-            json.dumps(message.attributes) if message.attributes else "{}",
-            message.dedup_id or None,
-            sent_at,
-            sent_at if not delay else db_dt(now + dt.timedelta(seconds=delay)),
-        ]
-    inserted = fetch(
-        f"""
-        INSERT INTO {MESSAGE} (queue_id, status, body, attributes, dedup_id, sent_at, available_at,
-                               receive_count, consumer, review_reason, review_note, acked_from)
-        VALUES {", ".join([row_sql] * len(rows))}
-        RETURNING id
-        """,
-        params,
-    )
-    # Both databases return the rows of a multi-row VALUES in order (Django's bulk_create relies on it too).
+        bodies.append(message.body)
+        attributes.append(json.dumps(message.attributes) if message.attributes else "{}")
+        dedup_ids.append(message.dedup_id or None)
+        available.append(sent_at if not delay else db_dt(now + dt.timedelta(seconds=delay)))
+    if connection.vendor == "postgresql":
+        # A column per array: the statement and its plan are the same for any batch size.
+        sql, params = _INSERT_PG, [queue_id, sent_at, bodies, attributes, dedup_ids, available]
+    else:
+        sql = _INSERT_SQLITE.format(rows=", ".join([_ROW_SQLITE] * len(rows)))
+        params = []
+        for body, attrs, dedup_id, available_at in zip(bodies, attributes, dedup_ids, available, strict=True):
+            params += [queue_id, body, attrs, dedup_id, sent_at, available_at]
+    inserted = fetch(sql, params, reuse_plan=True)
+    # Both databases return the rows in the order given (Django's bulk_create relies on it too).
     return [row["id"] for row in inserted]
+
+
+_INSERT_COLUMNS = """queue_id, status, body, attributes, dedup_id, sent_at, available_at,
+              receive_count, consumer, review_reason, review_note, acked_from"""
+_INSERT_PG = f"""
+INSERT INTO {MESSAGE} ({_INSERT_COLUMNS})
+SELECT %s, 'ready', body, CAST(attributes AS jsonb), dedup_id, %s, available_at, 0, '', '', '', ''
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])
+     WITH ORDINALITY AS batch(body, attributes, dedup_id, available_at, position)
+ORDER BY position
+RETURNING id
+"""
+_INSERT_SQLITE = f"INSERT INTO {MESSAGE} ({_INSERT_COLUMNS}) VALUES {{rows}} RETURNING id"
+_ROW_SQLITE = "(%s, 'ready', %s, %s, %s, %s, %s, 0, '', '', '', '')"
 
 
 # One statement: pick the oldest due READY messages through the partial index (in its
@@ -236,6 +244,8 @@ def _ack(*, queue: Queue, receipts: dict[str, int], statuses: str, now: dt.datet
     """ACK the messages in `statuses` that these receipts name; return the rows it changed."""
     # acked_from keeps the state the ack found: SET reads the row as it was.
     # `id IN` lets the primary key find the rows: there is no index on receipt.
+    ids, id_params = any_of("id", receipts.values(), "bigint")
+    named, receipt_params = any_of("receipt", receipts, "text")
     return fetch(
         f"""
         UPDATE {MESSAGE} SET
@@ -245,11 +255,11 @@ def _ack(*, queue: Queue, receipts: dict[str, int], statuses: str, now: dt.datet
                 WHEN status = 'leased' AND lease_expires_at > %s THEN 'leased'
                 WHEN status = 'leased' THEN 'expired'
                 ELSE status END
-        WHERE id IN ({marks(receipts)}) AND queue_id = %s AND receipt IN ({marks(receipts)})
-          AND status IN ({statuses})
+        WHERE {ids} AND queue_id = %s AND {named} AND status IN ({statuses})
         RETURNING id, receipt, acked_from, consumer, receive_count, review_reason
         """,
-        [db_dt(now), db_dt(now), *receipts.values(), queue.id, *receipts],
+        [db_dt(now), db_dt(now), *id_params, queue.id, *receipt_params],
+        reuse_plan=True,
     )
 
 
@@ -300,14 +310,16 @@ def _live_lease_update(
     valid = {receipt: message_id for receipt, message_id in parsed.items() if message_id is not None}
     changed: list[int] = []
     if valid:
+        ids, id_params = any_of("id", valid.values(), "bigint")
+        named, receipt_params = any_of("receipt", valid, "text")
         rows = fetch(
             f"""
             UPDATE {MESSAGE} SET {set_sql}
-            WHERE id IN ({marks(valid)}) AND queue_id = %s AND receipt IN ({marks(valid)})
-              AND status = 'leased' AND lease_expires_at > %s
+            WHERE {ids} AND queue_id = %s AND {named} AND status = 'leased' AND lease_expires_at > %s
             RETURNING id
             """,
-            [*set_params, *valid.values(), queue.id, *valid, db_dt(now)],
+            [*set_params, *id_params, queue.id, *receipt_params, db_dt(now)],
+            reuse_plan=True,
         )
         changed = [row["id"] for row in rows]
     done_ids = set(changed)

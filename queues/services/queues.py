@@ -30,7 +30,7 @@ def queue_access(*, name: str, user_id: int | None) -> tuple[Queue | None, dict[
 
     Every API call starts here, so it skips the ORM's query building.
     """
-    rows = fetch(_ACCESS_SQL, [user_id, name])
+    rows = fetch(_ACCESS_SQL, [user_id, name], reuse_plan=True)
     if not rows:
         return None, None
     row = rows[0]
