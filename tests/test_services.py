@@ -142,7 +142,9 @@ def test_message_send__batch_keeps_every_body_attribute_and_delay_in_its_place(q
         assert row["available_at"] == at(message.delay_seconds) and row["sent_at"] == T0
     leased = receive(queue, 100, now=at(60))
     assert [m["body"] for m in leased] == [m.body for m in sorted(messages, key=lambda m: m.delay_seconds)]
-    results = message_ack(queue=queue, receipts=[m["receipt"] for m in leased] + ["999999999.x", "nonsense"], now=at(61))
+    results = message_ack(
+        queue=queue, receipts=[m["receipt"] for m in leased] + ["999999999.x", "nonsense"], now=at(61)
+    )
     assert statuses(results) == [ACKED] * len(AWKWARD) + [NOT_FOUND, NOT_FOUND]
 
 

@@ -77,9 +77,9 @@ def _cursor(reuse_plan: bool):
     than running the statement. A server-binding cursor lets psycopg prepare a statement
     it has run a few times on a connection, and PostgreSQL reuses its plan (`reuse_plan`).
 
-    A statement whose best plan depends on its values (how many rows a LIMIT asks for, how
-    far an index range reaches) is run unprepared instead, and so planned for those values:
-    a generic receive plan sorted the whole backlog rather than walk the ready index.
+    Any other statement is run unprepared, and so planned for its own values: a generic
+    plan cannot know how many rows a LIMIT asks for or how many ids an array holds, and
+    one for receive sorted the whole backlog rather than walk the ready index.
     """
     if connection.vendor == "postgresql" and app_settings.PREPARED_STATEMENTS:
         connection.ensure_connection()
@@ -92,8 +92,11 @@ def _cursor(reuse_plan: bool):
 def fetch(sql: str, params: Iterable | Mapping = (), *, reuse_plan: bool = False) -> list[dict]:
     """Run one statement (positional %s or named %(name)s parameters) and return its rows as dicts.
 
-    `reuse_plan=True` is for statements with one right plan whatever their values (rows by
-    primary key, a plain INSERT): PostgreSQL may then plan them once per connection.
+    `reuse_plan=True` is for statements with one possible plan whatever their values (an
+    INSERT of given rows, a lookup by a unique key): PostgreSQL may then plan them once per
+    connection. Check the generic plan first (PREPARE, then EXPLAIN EXECUTE with
+    plan_cache_mode=force_generic_plan): for the ack, `id = ANY($1) AND queue_id = $2`, it
+    chose a scan of the queue's leases over the primary key.
     """
     with _cursor(reuse_plan) as cursor:
         cursor.execute(sql, params if isinstance(params, Mapping) else list(params))

@@ -259,7 +259,8 @@ def _ack(*, queue: Queue, receipts: dict[str, int], statuses: str, now: dt.datet
         RETURNING id, receipt, acked_from, consumer, receive_count, review_reason
         """,
         [db_dt(now), db_dt(now), *id_params, queue.id, *receipt_params],
-        reuse_plan=True,
+        # Planned each time: PostgreSQL's generic plan for it walks every lease of the queue
+        # (message_queue_leased_idx) and filters by id, instead of the few primary keys.
     )
 
 
@@ -319,7 +320,6 @@ def _live_lease_update(
             RETURNING id
             """,
             [*set_params, *id_params, queue.id, *receipt_params, db_dt(now)],
-            reuse_plan=True,
         )
         changed = [row["id"] for row in rows]
     done_ids = set(changed)
