@@ -23,6 +23,9 @@ DEFAULTS = {
     "POLL_INTERVAL": 0.1,
     # How long a token's authentication is cached; a revoked token works at most this long elsewhere.
     "AUTH_CACHE_SECONDS": 5,
+    # How long a process keeps a queue's settings and a user's grant on it for send, receive and
+    # ack; a change made elsewhere is seen within this time (0: look them up on every request).
+    "QUEUE_CACHE_SECONDS": 1,
     # django-ratelimit rates ("N/s", "N/m", "N/h").
     "RATE_PER_TOKEN": "6000/m",
     "RATE_ANONYMOUS": "120/m",

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from queues.api.throttling import rate_slices_clear
 from queues.models import Delivery, Message, Queue, QueueGrant, ReviewDecision
-from queues.services import token_cache_clear, token_create
+from queues.services import queue_access_cache_clear, token_cache_clear, token_create
 from tests.factories import QueueFactory, UserFactory
 
 requires_postgres = pytest.mark.skipif(
@@ -43,13 +43,15 @@ def api_client_for(user) -> APIClient:
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    """Authentication and rate-limit state must not leak from one test into the next."""
+    """Authentication, queue and rate-limit state must not leak from one test into the next."""
     cache.clear()
     token_cache_clear()
+    queue_access_cache_clear()
     rate_slices_clear()
     yield
     cache.clear()
     token_cache_clear()
+    queue_access_cache_clear()
     rate_slices_clear()
 
 

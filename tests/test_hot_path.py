@@ -33,19 +33,29 @@ def test_hot_path__receive_is_one_statement(queue, django_assert_num_queries):
 
 
 @pytest.mark.parametrize("batch", [1, 100])
-def test_hot_path__each_api_call_is_a_lookup_and_one_statement(api, queue, django_assert_num_queries, batch):
+def test_hot_path__each_api_call_is_one_statement_once_the_queue_is_known(api, queue, django_assert_num_queries, batch):
     base = f"/api/v1/queues/{queue.name}"
     _post(api, f"{base}/receive/", {})  # authentication is now cached
-    with django_assert_num_queries(2):
+    _post(api, f"{base}/receive/", {})  # and the queue with the caller's grant, by the hot path
+    with django_assert_num_queries(1):
         response = _post(api, f"{base}/messages/", {"messages": [{"body": "x"}] * batch})
     assert response.status_code == 201, response.content
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(1):
         response = _post(api, f"{base}/receive/", {"max_messages": batch})
     assert response.status_code == 200 and len(response.json()["messages"]) == batch
     receipts = [m["receipt"] for m in response.json()["messages"]]
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(1):
         response = _post(api, f"{base}/ack/", {"receipts": receipts})
     assert [r["status"] for r in response.json()["results"]] == ["acked"] * batch
+
+
+def test_hot_path__queue_cache_off_looks_the_queue_up_every_time(api, queue, settings, django_assert_num_queries):
+    settings.WONDERQ_QUEUE_CACHE_SECONDS = 0
+    base = f"/api/v1/queues/{queue.name}"
+    _post(api, f"{base}/receive/", {})
+    for _ in range(2):
+        with django_assert_num_queries(2):
+            assert _post(api, f"{base}/messages/", {"messages": [{"body": "x"}]}).status_code == 201
 
 
 def _prepared_statements() -> dict[str, tuple[int, int]]:

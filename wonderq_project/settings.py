@@ -277,6 +277,13 @@ for _name in (
 ):
     if _name in os.environ:
         globals()[_name] = int(os.environ[_name])
+if "WONDERQ_QUEUE_CACHE_SECONDS" in os.environ:
+    try:
+        WONDERQ_QUEUE_CACHE_SECONDS = float(os.environ["WONDERQ_QUEUE_CACHE_SECONDS"])
+    except ValueError:
+        WONDERQ_QUEUE_CACHE_SECONDS = -1.0
+    if not 0 <= WONDERQ_QUEUE_CACHE_SECONDS < float("inf"):
+        raise ImproperlyConfigured("WONDERQ_QUEUE_CACHE_SECONDS must be 0 or more seconds, e.g. 1 (0: no cache).")
 for _name in ("WONDERQ_RATE_PER_TOKEN", "WONDERQ_RATE_ANONYMOUS", "WONDERQ_RATE_FAILED_AUTH"):
     if _name in os.environ:
         globals()[_name] = os.environ[_name]

@@ -76,7 +76,7 @@ def _answer(request, name: str, call: str) -> tuple[int, dict] | None:
     user = token.user
     if not _QUEUE_NAME.fullmatch(name):
         return None
-    queue, grant = services.queue_access(name=name, user_id=user.pk)
+    queue, grant = services.queue_access_cached(name=name, user_id=user.pk)
     if queue is None:
         return None
     if not (user.is_staff or queue.owner_id == user.pk or (grant is not None and grant[_NEED[call]])):

@@ -31,6 +31,8 @@ from queues.services.messages import (
 from queues.services.queues import (
     QueueExists,
     queue_access,
+    queue_access_cache_clear,
+    queue_access_cached,
     queue_counts,
     queue_create,
     queue_delete,
@@ -69,6 +71,8 @@ __all__ = [
     "message_release",
     "message_send",
     "queue_access",
+    "queue_access_cache_clear",
+    "queue_access_cached",
     "queue_counts",
     "queue_create",
     "queue_delete",

@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from queues.models import Queue, QueueGrant
+from queues.services.queues import queue_access_cache_clear
 
 
 class GrantError(Exception):
@@ -92,7 +93,9 @@ def grant_set(
         # Narrowing your own grant is fine, widening it is not: the WHERE clause requires every
         # permission asked for to be held already, so the row count is the verdict.
         held = {field: True for field, wanted in values.items() if wanted}
-        if not QueueGrant.objects.filter(queue=queue, user=user, **held).update(**values):
+        narrowed = QueueGrant.objects.filter(queue=queue, user=user, **held).update(**values)
+        queue_access_cache_clear()
+        if not narrowed:
             raise OwnGrant("Only the queue's owner or staff may widen your own grant; you may narrow or delete it.")
         return QueueGrant.objects.select_related("user").get(queue=queue, user=user), False
     with transaction.atomic():
@@ -106,12 +109,17 @@ def grant_set(
                 # A concurrent request inserted it between our UPDATE and INSERT: replace theirs.
                 QueueGrant.objects.filter(queue=queue, user=user).update(**values)
                 created = False
+    queue_access_cache_clear()
     return QueueGrant.objects.select_related("user").get(queue=queue, user=user), created
 
 
 def grant_delete(*, queue: Queue, username: str) -> None:
-    """Remove a user's grant: they lose access with their next request. GrantNotFound if there was none."""
+    """Remove a user's grant: they lose access with their next request here, within QUEUE_CACHE_SECONDS elsewhere.
+
+    GrantNotFound if there was none.
+    """
     user = _user_by_name(username)
     deleted, _ = QueueGrant.objects.filter(queue=queue, user=user).delete()
+    queue_access_cache_clear()
     if not deleted:
         raise GrantNotFound(f"User {user.get_username()!r} has no grant on queue {queue.name!r}.")

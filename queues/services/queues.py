@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from django.db import IntegrityError, transaction
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
+from queues.conf import app_settings
 from queues.models import Message, Queue, QueueGrant
 from queues.services._sql import MESSAGE, QUEUE, db_dt, fetch, marks, py_dt
 
@@ -41,6 +44,46 @@ def queue_access(*, name: str, user_id: int | None) -> tuple[Queue | None, dict[
     return queue, {need: bool(row[f"can_{need}"]) for need in ("send", "receive", "manage")}
 
 
+# (queue name, user id) -> (deadline on the monotonic clock, queue, grant). Bounded: names
+# of queues that do not exist are never stored.
+_access: dict[tuple[str, int | None], tuple[float, Queue, dict[str, bool] | None]] = {}
+_ACCESS_MAX = 10_000
+
+
+def queue_access_cached(*, name: str, user_id: int | None) -> tuple[Queue | None, dict[str, bool] | None]:
+    """`queue_access`, kept in this process for QUEUE_CACHE_SECONDS (default 1 s) when the queue exists.
+
+    The hot path looks a queue and its grant up on every send, receive and ack; this saves
+    that statement. A change made through this process (services, admin, API) clears the
+    cache at once; one made by another process is seen within QUEUE_CACHE_SECONDS, as a
+    revoked token is within AUTH_CACHE_SECONDS. A send to a queue deleted meanwhile still
+    fails (the message row's foreign key) and is answered 404 by the normal stack.
+    """
+    ttl = app_settings.QUEUE_CACHE_SECONDS
+    if ttl <= 0:
+        return queue_access(name=name, user_id=user_id)
+    now = time.monotonic()
+    entry = _access.get((name, user_id))
+    if entry is not None and entry[0] > now:
+        return entry[1], entry[2]
+    queue, grant = queue_access(name=name, user_id=user_id)
+    if queue is not None:
+        if len(_access) >= _ACCESS_MAX:
+            _access.clear()
+        _access[(name, user_id)] = (now + ttl, queue, grant)
+    return queue, grant
+
+
+def queue_access_cache_clear(**_signal) -> None:
+    """Forget every cached queue and grant in this process (after any change to a queue or grant)."""
+    _access.clear()
+
+
+for _model in (Queue, QueueGrant):
+    post_save.connect(queue_access_cache_clear, sender=_model, dispatch_uid=f"wonderq_access_{_model.__name__}")
+    post_delete.connect(queue_access_cache_clear, sender=_model, dispatch_uid=f"wonderq_access_{_model.__name__}")
+
+
 def queue_create(*, name: str, owner, **settings) -> Queue:
     """Create a queue owned by `owner`; raises QueueExists when the name is taken."""
     unknown = set(settings) - set(QUEUE_FIELDS)
@@ -61,7 +104,9 @@ def queue_update(*, queue: Queue, now: dt.datetime | None = None, **settings) ->
     now = now or timezone.now()
     # One UPDATE whose row count is the verdict: a queue deleted since it was looked up is not
     # an error of the database (save() raises DatabaseError for it) but a queue that is gone.
-    if not Queue.objects.filter(pk=queue.pk).update(**settings, updated_at=now):
+    updated = Queue.objects.filter(pk=queue.pk).update(**settings, updated_at=now)
+    queue_access_cache_clear()
+    if not updated:
         raise Queue.DoesNotExist(queue.name)
     for field, value in settings.items():
         setattr(queue, field, value)
