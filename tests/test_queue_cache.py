@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from queues import services
 from queues.models import Message, Queue, QueueGrant
@@ -160,3 +160,14 @@ def test_queue_cache__a_setting_that_is_not_seconds_stops_start_up(tmp_path, val
     run = subprocess.run([sys.executable, "manage.py", "check"], cwd=root, env=env, capture_output=True, text=True)
     assert run.returncode != 0
     assert "WONDERQ_QUEUE_CACHE_SECONDS must be 0 or more seconds" in run.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queue_cache__cleared_again_when_the_change_commits(jobs, owner):
+    """A lookup between the change and its commit still reads the old row and caches it; the commit clears it."""
+    stale = Queue.objects.get(pk=jobs.pk)
+    with transaction.atomic():
+        services.queue_update(queue=jobs, visibility_timeout=900)
+        services.queues._access[("jobs", owner.pk)] = (time.monotonic() + 60, stale, None)  # as that lookup would
+    queue, _ = services.queue_access_cached(name="jobs", user_id=owner.pk)
+    assert queue.visibility_timeout == 900

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
@@ -75,8 +75,14 @@ def queue_access_cached(*, name: str, user_id: int | None) -> tuple[Queue | None
 
 
 def queue_access_cache_clear(**_signal) -> None:
-    """Forget every cached queue and grant in this process (after any change to a queue or grant)."""
+    """Forget every cached queue and grant in this process (after any change to a queue or grant).
+
+    Inside a transaction the change is not yet visible to other requests, and one of them may
+    cache the old rows meanwhile: the cache is cleared again when the transaction commits.
+    """
     _access.clear()
+    if connection.in_atomic_block:
+        transaction.on_commit(_access.clear)
 
 
 for _model in (Queue, QueueGrant):
