@@ -24,7 +24,7 @@ from django.utils.translation import ngettext
 
 from queues import services
 from queues.admin_forms import ApiTokenAddForm, DecisionForm, DelayedDecisionForm
-from queues.models import ApiToken, Delivery, Message, Queue, QueueGrant, ReviewDecision, ReviewItem
+from queues.models import ApiToken, Message, Queue, QueueGrant, ReviewDecision, ReviewItem
 from queues.services.queues import QUEUE_FIELDS
 
 # --- Shared helpers ----------------------------------------------------------------
@@ -148,8 +148,7 @@ class MessageDetailMixin:
 
     @admin.display(description="deliveries that ended without an ack")
     def delivery_history(self, obj):
-        deliveries = Delivery.objects.filter(message_id=obj.pk).select_related("leased_by").order_by("attempt", "id")
-        return render_to_string("admin/queues/includes/delivery_history.html", {"deliveries": deliveries})
+        return render_to_string("admin/queues/includes/delivery_history.html", {"deliveries": obj.history()})
 
     @admin.display(description="age", ordering="sent_at")
     def age(self, obj):

@@ -201,11 +201,47 @@ class Message(models.Model):
     def __str__(self) -> str:
         return f"message {self.pk} on {self.queue_id} ({self.status})"
 
+    # A lease that times out into review leaves its delivery on this row (consumer, user,
+    # leased_at, lease_expires_at) and no history row: the row is not re-leased while it
+    # sits in review, and the sweep then writes one row per message instead of two. The
+    # history row is written when the message goes back to the queue (review_requeue).
+    TIMED_OUT_INTO_REVIEW = (ReviewReason.TIMEOUT, ReviewReason.MAX_RECEIVES)
+
+    def history(self) -> list[Delivery]:
+        """Every delivery that ended without an ack, in order, the one that put it in review included.
+
+        Reads `deliveries` through the caller's prefetch when there is one.
+        """
+        prefetched = getattr(self, "_prefetched_objects_cache", {})
+        recorded = prefetched.get("deliveries", None)
+        if recorded is None:
+            recorded = self.deliveries.select_related("leased_by")
+        deliveries = sorted(recorded, key=lambda d: (d.attempt, d.id))
+        if (
+            self.status == self.Status.REVIEW
+            and self.review_reason in self.TIMED_OUT_INTO_REVIEW
+            and not any(d.attempt == self.receive_count for d in deliveries)
+        ):
+            deliveries.append(
+                Delivery(
+                    message=self,
+                    queue_id=self.queue_id,
+                    attempt=self.receive_count,
+                    consumer=self.consumer,
+                    leased_by=self.leased_by,
+                    leased_at=self.leased_at,
+                    ended_at=self.lease_expires_at,
+                    outcome=Delivery.Outcome.EXPIRED,
+                )
+            )
+        return deliveries
+
 
 class Delivery(models.Model):
     """A delivery that ended without an ack: the history operators read in review.
 
-    Written only when a lease ends badly, so receive -> ack pays nothing for it.
+    Written only when a lease ends badly, so receive -> ack pays nothing for it, and for a
+    lease that timed out into review only once the message leaves review (Message.history).
     """
 
     class Outcome(models.TextChoices):

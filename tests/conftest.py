@@ -33,6 +33,11 @@ def snapshot() -> dict:
     }
 
 
+def histories() -> dict[int, list[Delivery]]:
+    """Each message's history as operators see it (Message.history): rows written, and a timeout still on its row."""
+    return {m.id: m.history() for m in Message.objects.prefetch_related("deliveries")}
+
+
 def api_client_for(user) -> APIClient:
     """An API client that authenticates as `user` with a fresh token."""
     _, key = token_create(user=user, name="test")

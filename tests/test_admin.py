@@ -168,6 +168,24 @@ def test_review_detail__shows_pretty_escaped_body_attributes_and_history(admin_c
     assert Message.objects.get(pk=message.pk).body == body
 
 
+def test_review_detail__history_shows_the_timeout_the_message_row_still_holds(admin_client, jobs, worker):
+    """The sweep leaves a timed-out delivery on the message row; the page shows it after the earlier ones."""
+    [message_id] = in_review(jobs, 1, consumer="mailer-1", user=worker)
+    past = timezone.now() - dt.timedelta(minutes=30)
+    # Requeued: its first delivery becomes a row.
+    services.review_requeue(queue=jobs, ids=[message_id], actor="op", now=past - dt.timedelta(minutes=1))
+    assert services.message_receive(queue=jobs, consumer="mailer-2", user=worker, now=past)[0]["id"] == message_id
+    services.leases_sweep()
+    assert list(Delivery.objects.values_list("attempt", flat=True)) == [1]
+
+    page = admin_client.get(f"{REVIEW_URL}{message_id}/change/").content.decode()
+
+    history = page[page.index("wq-delivery-history") :]
+    rows = re.findall(r"<tr>\s*<td>(\d+)</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", history)
+    assert rows == [("1", "mailer-1", worker.username), ("2", "mailer-2", worker.username)]
+    assert history.count("Lease expired") == 2
+
+
 def test_review_admin__no_add_and_no_delete(admin_client, jobs):
     [item] = in_review(jobs, 1)
     assert admin_client.get(f"{REVIEW_URL}add/").status_code == 403

@@ -12,9 +12,18 @@ from django.test.utils import CaptureQueriesContext
 
 from queues.bench.data import expired_leases_create
 from queues.models import Delivery, Message, Queue
-from queues.services import OutgoingMessage, leases_sweep, message_receive, message_send
+from queues.services import (
+    OutgoingMessage,
+    leases_sweep,
+    message_ack,
+    message_receive,
+    message_reject,
+    message_send,
+    review_discard,
+    review_requeue,
+)
 from queues.services import leases as leases_module
-from tests.conftest import requires_postgres
+from tests.conftest import histories, requires_postgres
 from tests.factories import QueueFactory, UserFactory
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -33,7 +42,13 @@ def lease(queue: Queue, n: int, *, now: dt.datetime, **options) -> list[int]:
 
 
 def expired_history() -> Counter:
-    return Counter(Delivery.objects.filter(outcome=Delivery.Outcome.EXPIRED).values_list("message_id", flat=True))
+    return Counter(
+        {
+            message_id: sum(d.outcome == Delivery.Outcome.EXPIRED for d in history)
+            for message_id, history in histories().items()
+            if history
+        }
+    )
 
 
 @pytest.fixture
@@ -66,8 +81,8 @@ def test_leases_sweep__mixed_batch_each_lease_to_its_place_with_its_history(mixe
     for message_id, expiry in zip(mixed["timed_out"], (at(70.5), at(71.5)), strict=True):
         row = rows[message_id]
         assert (row.status, row.review_reason, row.review_at, row.review_note) == ("review", "timeout", expiry, "")
-    # One history row per delivery that ran out, copied from the lease.
-    last = {d.message_id: d for d in Delivery.objects.order_by("attempt")}
+    # Every delivery that ran out is in the history once, copied from the lease.
+    last = {message_id: history[-1] for message_id, history in histories().items() if history}
     once = dict.fromkeys(mixed["first"] + mixed["timed_out"], 1)
     assert expired_history() == {**dict.fromkeys(mixed["second"], 2), **once}
     for message_id in mixed["second"]:
@@ -75,6 +90,80 @@ def test_leases_sweep__mixed_batch_each_lease_to_its_place_with_its_history(mixe
         assert (d.attempt, d.consumer, d.leased_by_id, d.leased_at, d.ended_at) == (2, "r2", user.id, at(40), at(70))
     d = last[mixed["timed_out"][1]]
     assert (d.queue_id, d.consumer, d.leased_at, d.ended_at, d.reason) == (queue.id, "w2", at(41.5), at(71.5), "")
+
+
+def test_leases_sweep__history_rows_only_for_leases_back_in_the_queue(mixed):
+    """Into READY the next receive overwrites the lease, so its history row is written now; into
+    review the message row keeps it, and the sweep writes nothing more."""
+    leases_sweep(now=at(100))
+
+    written = set(Delivery.objects.values_list("message_id", "attempt"))
+    assert written == {(i, 1) for i in mixed["second"] + mixed["first"]}
+
+
+def test_review_requeue__writes_the_timed_out_delivery_once_and_history_goes_on(queue, user):
+    [message_id] = lease(queue, 1, now=T0, consumer="w1", user=user)
+    leases_sweep(now=at(30))
+    assert not Delivery.objects.exists()
+
+    review_requeue(queue=queue, ids=[message_id], now=at(40))
+    review_requeue(queue=queue, ids=[message_id], now=at(41))  # no longer in review: nothing more
+
+    [row] = Delivery.objects.all()
+    assert (row.message_id, row.attempt, row.consumer, row.leased_by_id) == (message_id, 1, "w1", user.id)
+    assert (row.leased_at, row.ended_at, row.outcome) == (T0, at(30), "expired")
+    # Redelivered and timed out again: the first delivery is a row, the second is on the message.
+    assert [m["id"] for m in message_receive(queue=queue, max_messages=5, now=at(50), consumer="w2")] == [message_id]
+    leases_sweep(now=at(80))
+    shown = histories()[message_id]
+    assert [(d.attempt, d.consumer, d.leased_at, d.ended_at) for d in shown] == [
+        (1, "w1", T0, at(30)),
+        (2, "w2", at(50), at(80)),
+    ]
+    assert [d.pk is None for d in shown] == [False, True]
+
+    review_requeue(queue=queue, ids=[message_id], now=at(90))
+    assert list(Delivery.objects.order_by("attempt").values_list("attempt", "consumer")) == [(1, "w1"), (2, "w2")]
+    assert Message.objects.get(id=message_id).history() == list(Delivery.objects.order_by("attempt"))
+
+
+def test_review_requeue__a_timeout_already_written_at_expiry_is_not_written_again(queue):
+    """Messages swept into review by earlier versions have their row: neither shown nor written twice."""
+    [message_id] = lease(queue, 1, now=T0)
+    leases_sweep(now=at(30))
+    leases_module.deliveries_record(ids=[message_id], outcome=Delivery.Outcome.EXPIRED, ended_at=None)
+    assert expired_history() == {message_id: 1}
+
+    review_requeue(queue=queue, ids=[message_id], now=at(40))
+
+    assert Delivery.objects.count() == 1
+
+
+def test_leaving_review_by_late_ack_or_discard__the_timed_out_delivery_becomes_a_row(queue):
+    message_send(queue=queue, messages=[OutgoingMessage(body=b) for b in ("acked late", "discarded")], now=T0)
+    late, gone = message_receive(queue=queue, max_messages=2, now=T0, consumer="w1")
+    leases_sweep(now=at(30))
+    assert not Delivery.objects.exists()
+    stale = f"{late['id']}.0000000000000000"
+    assert message_ack(queue=queue, receipts=[stale], now=at(39))[0]["status"] == "stale"
+    assert not Delivery.objects.exists()  # a stale receipt changes nothing
+
+    assert message_ack(queue=queue, receipts=[late["receipt"]], now=at(40))[0]["status"] == "acked_late"
+    review_discard(queue=queue, ids=[gone["id"]], actor="op", now=at(41))
+
+    rows = Delivery.objects.order_by("message_id").values_list(
+        "message_id", "attempt", "consumer", "ended_at", "outcome"
+    )
+    assert list(rows) == [(late["id"], 1, "w1", at(30), "expired"), (gone["id"], 1, "w1", at(30), "expired")]
+
+
+def test_history__a_rejected_message_shows_its_rejection_alone(queue):
+    message_send(queue=queue, messages=[OutgoingMessage(body="poison")], now=T0)
+    [got] = message_receive(queue=queue, max_messages=1, now=T0, consumer="w1")
+    message_reject(queue=queue, receipts=[got["receipt"]], reason="bad input", now=at(1))
+
+    [shown] = histories()[got["id"]]
+    assert (shown.pk is not None, shown.outcome, shown.reason, shown.consumer) == (True, "rejected", "bad input", "w1")
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 4])
@@ -123,7 +212,9 @@ def test_leases_sweep__statements_a_batch_are_few_and_do_not_grow_with_it(queue)
     assert len(captured) <= 8 * result.batches, [q["sql"][:80] for q in captured]
     assert max(len(q["sql"]) for q in captured) < 4_000
     assert Message.objects.filter(queue=queue, status="review").count() == 3_000
-    assert Delivery.objects.filter(queue=queue).count() == 3_000
+    # Into review, the message row keeps the delivery: no history row is written for it.
+    assert not Delivery.objects.exists()
+    assert expired_history() == dict.fromkeys(Message.objects.values_list("id", flat=True), 1)
 
 
 @requires_postgres
@@ -180,6 +271,8 @@ def test_history_without_database_checks__deleting_a_user_or_queue_still_reaches
     lease(queue, 2, now=T0, user=user)
     lease(other, 1, now=T0, user=user)
     leases_sweep(now=at(30))
+    for q in (queue, other):  # leaving review writes the history rows
+        review_requeue(queue=q, ids=list(q.messages.values_list("id", flat=True)), now=at(31))
     assert Delivery.objects.filter(leased_by=user).count() == 3
 
     queue.delete()

@@ -282,7 +282,8 @@ class ReviewItemOut(serializers.ModelSerializer):
     note = serializers.CharField(source="review_note")
     leased_by = serializers.CharField(source="leased_by.get_username", default=None)
     timed_out_at = serializers.DateTimeField(source="review_at")
-    deliveries = DeliveryOut(many=True)
+    # The deliveries that ended without an ack, the one that timed out into review included.
+    deliveries = DeliveryOut(many=True, source="history")
 
     class Meta:
         model = Message

@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils.dateparse import parse_datetime
 
 from queues.conf import app_settings
-from queues.models import Message, Queue
+from queues.models import Delivery, Message, Queue
 
 try:
     import psycopg
@@ -22,6 +22,7 @@ except ImportError:  # SQLite-only installs
 
 MESSAGE = Message._meta.db_table
 QUEUE = Queue._meta.db_table
+DELIVERY = Delivery._meta.db_table
 
 
 def db_dt(value: dt.datetime | None):

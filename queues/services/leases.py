@@ -15,13 +15,15 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from queues.conf import app_settings
-from queues.models import Delivery
-from queues.services._sql import MESSAGE, QUEUE, db_dt, fetch, marks
-
-DELIVERY = Delivery._meta.db_table
+from queues.models import Delivery, Message
+from queues.services._sql import DELIVERY, MESSAGE, QUEUE, db_dt, fetch, marks
 
 # In a requeue queue a timed-out message goes back to READY until it has used up max_receives.
 _REDELIVER = f"(q.on_timeout = 'requeue' AND {MESSAGE}.receive_count < q.max_receives)"
+
+# A history row copied from the message row of a lease that ran out.
+_HISTORY_COLUMNS = "message_id, queue_id, attempt, consumer, leased_by_id, leased_at, ended_at, outcome, reason"
+_HISTORY_VALUES = "id, queue_id, receive_count, consumer, leased_by_id, leased_at, lease_expires_at, 'expired', ''"
 
 # One statement decides where each expired lease goes, from its queue's settings (alias q).
 _SET = f"""
@@ -57,8 +59,7 @@ def deliveries_record(*, ids: Sequence[int], outcome: str, ended_at: dt.datetime
     params = [] if ended_at is None else [db_dt(ended_at)]
     fetch(
         f"""
-        INSERT INTO {DELIVERY} (message_id, queue_id, attempt, consumer, leased_by_id, leased_at,
-                                ended_at, outcome, reason)
+        INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS})
         SELECT id, queue_id, receive_count, consumer, leased_by_id, leased_at, {ended}, %s, %s
         FROM {MESSAGE} WHERE id IN ({marks(ids)})
         """,
@@ -66,9 +67,35 @@ def deliveries_record(*, ids: Sequence[int], outcome: str, ended_at: dt.datetime
     )
 
 
+def deliveries_record_timed_out(*, queue_id: int, ids: Sequence[int], receipts: Sequence[str] = ()) -> None:
+    """Write the history row of each given message in review whose lease timed out, as it leaves review.
+
+    Such a lease left its delivery on the message row (Message.history), which the next receive
+    overwrites. A row an earlier version wrote at expiry is not written twice. With `receipts`,
+    only a message whose last delivery had one of them (a late ack; a stale receipt changes nothing).
+    """
+    if not ids:
+        return
+    by_receipt = f"AND receipt IN ({marks(receipts)})" if receipts else ""
+    fetch(
+        f"""
+        INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS})
+        SELECT {_HISTORY_VALUES} FROM {MESSAGE}
+        WHERE queue_id = %s AND id IN ({marks(ids)}) AND status = 'review' {by_receipt}
+          AND review_reason IN ({marks(Message.TIMED_OUT_INTO_REVIEW)})
+          AND NOT EXISTS (SELECT 1 FROM {DELIVERY} AS d
+                          WHERE d.message_id = {MESSAGE}.id AND d.attempt = {MESSAGE}.receive_count)
+        """,
+        [queue_id, *ids, *receipts, *Message.TIMED_OUT_INTO_REVIEW],
+    )
+
+
 def _expire(*, now: dt.datetime, scope: str, params: list) -> dict[str, int]:
     rows = fetch(_EXPIRE_SQL.format(scope=scope), [db_dt(now), *params])
-    deliveries_record(ids=[row["id"] for row in rows], outcome=Delivery.Outcome.EXPIRED, ended_at=None)
+    # Back in the queue, the next receive overwrites the lease fields: keep them as history now.
+    # A message in review keeps them on its row until it leaves (Message.history).
+    redelivered = [row["id"] for row in rows if row["status"] == "ready"]
+    deliveries_record(ids=redelivered, outcome=Delivery.Outcome.EXPIRED, ended_at=None)
     moved = {"review": 0, "ready": 0}
     for row in rows:
         moved[row["status"]] += 1
@@ -94,18 +121,18 @@ class SweepResult:
 # --- the sweep ------------------------------------------------------------------
 # Each batch takes the first `limit` entries of message_leased_idx (lease_expires_at, id) that have
 # run out by `now`, and moves them, their history and their counts inside the database: no ids
-# travel to Python and back. Every moved message is one UPDATEd row plus one history row, and the
-# cost is mostly the index entries those two writes make (see migrations 0002 and 0003).
+# travel to Python and back. A message moved to review is one UPDATEd row: its row keeps the
+# delivery until it leaves review (Message.history). One moved back to READY, whose next receive
+# overwrites those fields, also gets its history row. The cost is mostly the index entries these
+# writes make (see migrations 0002 and 0003).
 
 _LEASED = f"{MESSAGE}.status = 'leased' AND {MESSAGE}.lease_expires_at <= %(now)s"
-_HISTORY_COLUMNS = "message_id, queue_id, attempt, consumer, leased_by_id, leased_at, ended_at, outcome, reason"
-_HISTORY_VALUES = "id, queue_id, receive_count, consumer, leased_by_id, leased_at, lease_expires_at, 'expired', ''"
 
 # PostgreSQL: one statement a batch. SKIP LOCKED lets two sweepers share the work and steps over
-# rows an ack holds; the UPDATE moves exactly the rows the batch locked, and the history is
-# written from what it returned. Moved rows stay in the index, dead, until vacuum: the batch
-# starts after the previous one's last (lease_expires_at, id), a row comparison that is an index
-# range, so no batch walks over them again.
+# rows an ack holds; the UPDATE moves exactly the rows the batch locked, and the history of those
+# back in READY is written from what it returned. Moved rows stay in the index, dead, until
+# vacuum: the batch starts after the previous one's last (lease_expires_at, id), a row comparison
+# that is an index range, so no batch walks over them again.
 _AFTER = f"({MESSAGE}.lease_expires_at, {MESSAGE}.id) > (%(after_at)s, %(after_id)s)"
 _SWEEP_PG = f"""
 WITH batch AS MATERIALIZED (
@@ -121,7 +148,7 @@ WITH batch AS MATERIALIZED (
     RETURNING {MESSAGE}.id, {MESSAGE}.queue_id, {MESSAGE}.status, {MESSAGE}.receive_count, {MESSAGE}.consumer,
               {MESSAGE}.leased_by_id, {MESSAGE}.leased_at, {MESSAGE}.lease_expires_at
 ), history AS (
-    INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS}) SELECT {_HISTORY_VALUES} FROM moved
+    INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS}) SELECT {_HISTORY_VALUES} FROM moved WHERE status = 'ready'
 )
 SELECT (SELECT COUNT(*) FROM batch) AS claimed,
        (SELECT COUNT(*) FROM moved WHERE status = 'review') AS review,
@@ -136,22 +163,24 @@ SELECT (SELECT COUNT(*) FROM batch) AS claimed,
 # statement, so nothing else changes them in between. Each statement runs the subquery once,
 # into a temporary b-tree, and the row counts are the verdict. (On PostgreSQL `IN (SELECT ...
 # LIMIT n)` may claim more than n rows; here nothing else can write meanwhile.) Splitting the
-# move by destination costs less than a CASE per column and RETURNING every row.
+# move by destination costs less than a CASE per column and RETURNING every row: the leases bound
+# for READY (only in requeue queues) get their history and move first, then the rest of the batch
+# goes to review.
 _SQLITE_BATCH = f"""
 SELECT {MESSAGE}.id FROM {MESSAGE} WHERE {_LEASED}
 ORDER BY {MESSAGE}.lease_expires_at, {MESSAGE}.id LIMIT %(limit)s
 """
-_SQLITE_HISTORY = f"""
-INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS})
-SELECT {_HISTORY_VALUES} FROM {MESSAGE} WHERE id IN ({_SQLITE_BATCH})
-"""
 _REQUEUE_QUEUES = f"SELECT id FROM {QUEUE} WHERE on_timeout = 'requeue'"
-_SQLITE_TO_READY = f"""
-UPDATE {MESSAGE} SET status = 'ready', available_at = lease_expires_at
-WHERE {MESSAGE}.id IN ({_SQLITE_BATCH})
+_SQLITE_REDELIVER = f"""
+{MESSAGE}.id IN ({_SQLITE_BATCH})
   AND queue_id IN ({_REQUEUE_QUEUES})
   AND receive_count < (SELECT q.max_receives FROM {QUEUE} AS q WHERE q.id = {MESSAGE}.queue_id)
 """
+_SQLITE_HISTORY = f"""
+INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS})
+SELECT {_HISTORY_VALUES} FROM {MESSAGE} WHERE {_SQLITE_REDELIVER}
+"""
+_SQLITE_TO_READY = f"UPDATE {MESSAGE} SET status = 'ready', available_at = lease_expires_at WHERE {_SQLITE_REDELIVER}"
 _SQLITE_TO_REVIEW = f"""
 UPDATE {MESSAGE} SET status = 'review', review_at = lease_expires_at, review_note = '',
     review_reason = CASE WHEN queue_id IN ({_REQUEUE_QUEUES}) THEN 'max_receives' ELSE 'timeout' END
@@ -183,16 +212,15 @@ def _batch_postgresql(params: dict) -> _Batch:
 
 def _batch_sqlite(params: dict) -> _Batch:
     with connection.cursor() as cursor:
-        cursor.execute(_SQLITE_HISTORY, params)
-        claimed = cursor.rowcount
         ready = 0
         cursor.execute(f"SELECT EXISTS ({_REQUEUE_QUEUES})")
         if cursor.fetchone()[0]:
+            cursor.execute(_SQLITE_HISTORY, params)
             cursor.execute(_SQLITE_TO_READY, params)
             ready = cursor.rowcount
-        cursor.execute(_SQLITE_TO_REVIEW, {**params, "limit": claimed - ready})
+        cursor.execute(_SQLITE_TO_REVIEW, {**params, "limit": params["limit"] - ready})
         review = cursor.rowcount
-    return _Batch(claimed=claimed, review=review, ready=ready)
+    return _Batch(claimed=ready + review, review=review, ready=ready)
 
 
 def leases_sweep(

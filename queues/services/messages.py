@@ -19,7 +19,7 @@ from django.utils import timezone
 from queues.conf import app_settings
 from queues.models import Delivery, Message, Queue, ReviewDecision
 from queues.services._sql import MESSAGE, any_of, db_dt, fetch, py_dt, py_json
-from queues.services.leases import deliveries_record, leases_expire_for_queue
+from queues.services.leases import deliveries_record, deliveries_record_timed_out, leases_expire_for_queue
 
 ACKED = "acked"
 ACKED_LATE = "acked_late"
@@ -279,6 +279,9 @@ def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | Non
         # A late ack resolves the review entry too: the state change and its
         # decision row commit together (rule 4), or neither does.
         with transaction.atomic():
+            # A lease that timed out into review kept its delivery on the row (Message.history);
+            # as the message leaves review that becomes its history row.
+            deliveries_record_timed_out(queue_id=queue.id, ids=list(late.values()), receipts=list(late))
             rows = _ack(queue=queue, receipts=late, statuses="'review', 'ready'", now=now)
             from_review = [row for row in rows if row["acked_from"] == Message.Status.REVIEW]
             if from_review:

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from queues.models import Queue, ReviewDecision
 from queues.services._sql import MESSAGE, db_dt, fetch, marks
+from queues.services.leases import deliveries_record_timed_out
 
 
 def _log(*, queue: Queue, rows: list[dict], action: str, operator, actor: str, note: str, delay: int, now) -> None:
@@ -51,6 +52,7 @@ def review_requeue(
     if not ids:
         return []
     with transaction.atomic():
+        deliveries_record_timed_out(queue_id=queue.id, ids=ids)
         rows = fetch(
             f"""
             UPDATE {MESSAGE} SET status = 'ready', available_at = %s, receipt = NULL, review_at = NULL
@@ -87,6 +89,7 @@ def review_discard(
     if not ids:
         return []
     with transaction.atomic():
+        deliveries_record_timed_out(queue_id=queue.id, ids=ids)  # history outlives the message until pruned
         rows = fetch(
             f"""
             DELETE FROM {MESSAGE}
