@@ -204,7 +204,7 @@ class Message(models.Model):
     # A lease that times out into review leaves its delivery on this row (consumer, user,
     # leased_at, lease_expires_at) and no history row: the row is not re-leased while it
     # sits in review, and the sweep then writes one row per message instead of two. The
-    # history row is written when the message goes back to the queue (review_requeue).
+    # history row is written when the message leaves review: requeue, discard or a late ack.
     TIMED_OUT_INTO_REVIEW = (ReviewReason.TIMEOUT, ReviewReason.MAX_RECEIVES)
 
     def history(self) -> list[Delivery]:

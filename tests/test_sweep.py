@@ -265,6 +265,54 @@ def test_leases_sweep__steps_over_a_row_another_transaction_holds(user):
     assert expired_history() == dict.fromkeys(ids, 1)
 
 
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("second", ["requeue", "discard", "late ack"])
+def test_leaving_review_twice_at_once__the_timed_out_delivery_is_written_once(user, second):
+    """The second of two concurrent requeues (or a discard or late ack racing one) waits for the
+    first, then finds the message gone from review and its history row there (PostgreSQL)."""
+    queue = QueueFactory(owner=user)
+    message_send(queue=queue, messages=[OutgoingMessage(body="m")], now=T0)
+    [got] = message_receive(queue=queue, max_messages=1, now=T0, consumer="w1")
+    leases_sweep(now=at(30))
+    held, release = threading.Event(), threading.Event()
+    answers: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():  # the first requeue, not yet committed
+                answers["first"] = review_requeue(queue=queue, ids=[got["id"]], actor="op1", now=at(40))
+                held.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def other() -> None:
+        try:
+            if second == "requeue":
+                answers["second"] = review_requeue(queue=queue, ids=[got["id"]], actor="op2", now=at(41))
+            elif second == "discard":
+                answers["second"] = review_discard(queue=queue, ids=[got["id"]], actor="op2", now=at(41))
+            else:
+                answers["second"] = message_ack(queue=queue, receipts=[got["receipt"]], now=at(41))[0]["status"]
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first, daemon=True)]
+    threads[0].start()
+    assert held.wait(30)
+    threads.append(threading.Thread(target=other, daemon=True))
+    threads[1].start()
+    threads[1].join(0.5)  # it waits for the first
+    release.set()
+    for thread in threads:
+        thread.join(30)
+
+    assert answers["first"] == [got["id"]]
+    assert answers["second"] in ([], "stale")  # requeue dropped the receipt
+    assert list(Delivery.objects.values_list("message_id", "attempt")) == [(got["id"], 1)]
+
+
 def test_history_without_database_checks__deleting_a_user_or_queue_still_reaches_it(queue, user):
     """The database no longer checks history's keys (migration 0003): Django's own cascades must."""
     other = QueueFactory(owner=user)

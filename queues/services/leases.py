@@ -76,17 +76,24 @@ def deliveries_record_timed_out(*, queue_id: int, ids: Sequence[int], receipts: 
     """
     if not ids:
         return
-    by_receipt = f"AND receipt IN ({marks(receipts)})" if receipts else ""
+    in_review = f"queue_id = %s AND id IN ({marks(ids)}) AND status = 'review'"
+    if receipts:
+        in_review += f" AND receipt IN ({marks(receipts)})"
+    params = [queue_id, *ids, *receipts]
+    if connection.vendor == "postgresql":
+        # Lock the rows first, in id order: a second requeue, discard or ack of the same message
+        # then waits for this one and, once it commits, finds the message gone from review and
+        # its history row written. (SQLite's IMMEDIATE transactions already take turns.)
+        fetch(f"SELECT id FROM {MESSAGE} WHERE {in_review} ORDER BY id FOR UPDATE", params)
     fetch(
         f"""
         INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS})
         SELECT {_HISTORY_VALUES} FROM {MESSAGE}
-        WHERE queue_id = %s AND id IN ({marks(ids)}) AND status = 'review' {by_receipt}
-          AND review_reason IN ({marks(Message.TIMED_OUT_INTO_REVIEW)})
+        WHERE {in_review} AND review_reason IN ({marks(Message.TIMED_OUT_INTO_REVIEW)})
           AND NOT EXISTS (SELECT 1 FROM {DELIVERY} AS d
                           WHERE d.message_id = {MESSAGE}.id AND d.attempt = {MESSAGE}.receive_count)
         """,
-        [queue_id, *ids, *receipts, *Message.TIMED_OUT_INTO_REVIEW],
+        [*params, *Message.TIMED_OUT_INTO_REVIEW],
     )
 
 
