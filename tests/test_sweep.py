@@ -303,7 +303,8 @@ def test_leaving_review_twice_at_once__the_timed_out_delivery_is_written_once(us
     assert held.wait(30)
     threads.append(threading.Thread(target=other, daemon=True))
     threads[1].start()
-    threads[1].join(0.5)  # it waits for the first
+    threads[1].join(0.5)
+    assert threads[1].is_alive()  # it waits for the first
     release.set()
     for thread in threads:
         thread.join(30)
