@@ -219,18 +219,38 @@ def test_leases_sweep__statements_a_batch_are_few_and_do_not_grow_with_it(queue)
 
 @requires_postgres
 def test_leases_sweep__batch_walks_the_leased_index_in_order_without_sorting(queue):
-    """Stale statistics must not turn a batch into a sort of every leased row (PostgreSQL)."""
+    """Stale statistics must not turn a claim into a sort of every leased row (PostgreSQL)."""
     expired_leases_create(queue=queue, count=2_000, expired_at=T0)
     params = {"now": at(1), "limit": 500, "after_at": T0, "after_id": 0}
 
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(leases_module._PLAN_SETTINGS)
-        cursor.execute("EXPLAIN " + leases_module._SWEEP_PG.format(after=leases_module._AFTER), params)
+        cursor.execute(leases_module._CLAIM_SETTINGS)
+        cursor.execute("EXPLAIN " + leases_module._CLAIM_PG.format(after=leases_module._AFTER), params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
         transaction.set_rollback(True)
 
     assert "Index Scan using message_leased_idx" in plan, plan
     assert "Sort Key: queues_message.lease_expires_at" not in plan, plan
+
+
+@requires_postgres
+def test_leases_sweep__move_goes_straight_to_the_claimed_rows(queue):
+    """The move is a Tid Scan of the claimed ctids, not a scan of the table or of the queue's messages."""
+    expired_leases_create(queue=queue, count=2_000, expired_at=T0)
+    params = {"now": at(1), "limit": 500}
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(leases_module._CLAIM_SETTINGS)
+        cursor.execute(leases_module._CLAIM_PG.format(after="TRUE"), params)
+        claimed, ctids = cursor.fetchone()[:2]
+        cursor.execute(leases_module._MOVE_SETTINGS)
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + leases_module._MOVE_PG, {"ctids": ctids})
+        plan = "\n".join(row[0][:200] for row in cursor.fetchall())
+        transaction.set_rollback(True)
+
+    assert claimed == 500
+    assert "Tid Scan on queues_message" in plan, plan
+    assert "Update on queues_message (actual rows=500 " in plan, plan
 
 
 @requires_postgres
