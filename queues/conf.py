@@ -20,7 +20,7 @@ DEFAULTS = {
     "PREPARED_STATEMENTS": True,
     "MAX_JSON_DEPTH": 32,
     "MAX_REQUEST_BYTES": 2 * 1024 * 1024,
-    "POLL_INTERVAL": 0.1,
+    "POLL_INTERVAL": 0.1,  # seconds between tries of a long-polling receive
     # How long a token's authentication is cached; a revoked token works at most this long elsewhere.
     "AUTH_CACHE_SECONDS": 5,
     # How long a process keeps a queue's settings and a user's grant on it for send, receive and
@@ -32,7 +32,6 @@ DEFAULTS = {
     "RATE_FAILED_AUTH": "30/m",
     "SNAPSHOT_RETENTION_DAYS": 7,
     "DECISION_RETENTION_DAYS": 365,
-    "SWEEP_EVERY_MINUTES": 1,  # seconds between tries of a long-polling receive
 }
 
 
