@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.db import connection
+
+from queues.management.commands.bench import sweep_cpu_clock
+from tests.conftest import requires_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
     env = {
         **os.environ,
@@ -37,6 +40,24 @@ def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
         assert r["sent"] > 0 and r["acked"] > 0 and r["errors"] == 0, r
         assert r["latency_ms"]["send"]["p50"] > 0 and r["latency_ms"]["ack"]["p99"] >= r["latency_ms"]["ack"]["p50"]
         assert r["server_rss_mib"] > 0 and r["cpu_calibration_ms"] > 0
-    assert results[0]["sweep"]["leases"] == 2000
+    sweep = results[0]["sweep"]
+    assert sweep["leases"] == 2000 and sweep["cpu_of"] == "the sweeping thread"
+    assert 0 < sweep["cpu_seconds"] <= sweep["seconds"] + 0.02, sweep  # one thread: no more CPU than wall time
+    assert "s of CPU in the sweeping thread" in run.stdout
     assert [p.suffix for p in sorted((tmp_path / "out").iterdir())] == [".json", ".svg"]
     assert "| batch | sent msg/s |" in run.stdout
+
+
+@requires_postgres
+@pytest.mark.django_db
+def test_sweep_cpu_clock__reads_the_cpu_time_of_this_connections_postgresql_backend():
+    """The sweep's CPU is spent in the server process; the clock must follow that process, not ours."""
+    where, clock = sweep_cpu_clock()
+    before, ours = clock(), os.times()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM generate_series(1, 3000000)")
+    spent, ours_spent = clock() - before, os.times().user - ours.user
+
+    assert where == "its PostgreSQL backend"
+    assert spent >= 0.05, spent  # a few hundred ms of work on the server
+    assert spent > 3 * ours_spent, (spent, ours_spent)  # and not in this process

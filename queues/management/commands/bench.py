@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -61,6 +62,37 @@ def _tree_memory_kib(pid: int) -> tuple[int, int]:
         except OSError:
             continue
     return rss, pss
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a local process, from /proc (Linux); None if it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sweep_cpu_clock() -> tuple[str, Callable[[], float | None]] | None:
+    """Where the sweep on this thread's connection spends its CPU, and a clock of that CPU time.
+
+    On SQLite the sweep runs in this thread; on PostgreSQL in the server process behind this
+    connection, which only /proc of the same machine shows. None for a server elsewhere.
+    """
+    if connection.vendor == "sqlite":
+        return "the sweeping thread", time.thread_time
+    host = connection.settings_dict.get("HOST") or ""
+    if connection.vendor != "postgresql" or not (host in ("localhost", "127.0.0.1", "::1") or host.startswith("/")):
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        [pid] = cursor.fetchone()
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+            return None
+    except OSError:
+        return None
+    return "its PostgreSQL backend", lambda: _cpu_seconds(pid)
 
 
 def cpu_calibration_ms() -> float:
@@ -295,9 +327,14 @@ class Command(BaseCommand):
         expired_leases_create(queue=queue, count=count, expired_at=timezone.now())
 
         def run():
+            clock = sweep_cpu_clock()
+            cpu_before = clock[1]() if clock else None
             started = time.perf_counter()
             result = leases_sweep()
             out.update(leases=result.total, batches=result.batches, seconds=time.perf_counter() - started)
+            cpu_after = clock[1]() if clock else None
+            if cpu_before is not None and cpu_after is not None:
+                out.update(cpu_seconds=cpu_after - cpu_before, cpu_of=clock[0])
             connection.close()
 
         return threading.Thread(target=run)
@@ -327,7 +364,8 @@ class Command(BaseCommand):
         for r in results:
             if r.get("sweep"):
                 s = r["sweep"]
-                self.stdout.write(f"sweep: {s['leases']:,} leases in {s['batches']} batches, {s['seconds']:.2f} s")
+                cpu = f" ({s['cpu_seconds']:.2f} s of CPU in {s['cpu_of']})" if "cpu_seconds" in s else ""
+                self.stdout.write(f"sweep: {s['leases']:,} leases in {s['batches']} batches, {s['seconds']:.2f} s{cpu}")
             if r["server_rss_mib"] is not None:
                 growth = r["server_pss_growth_pct"]
                 self.stdout.write(
