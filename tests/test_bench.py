@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from queues.management.commands.bench import sweep_cpu_clock
+from queues.management.commands.bench import _is_local_host, sweep_cpu_clock
 from tests.conftest import requires_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +61,13 @@ def test_sweep_cpu_clock__reads_the_cpu_time_of_this_connections_postgresql_back
     assert where == "its PostgreSQL backend"
     assert spent >= 0.05, spent  # a few hundred ms of work on the server
     assert spent > 3 * ours_spent, (spent, ours_spent)  # and not in this process
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [("", True), ("/var/run/postgresql", True), ("127.0.0.1", True), ("localhost", True), ("::1", True),
+     ("db.internal", False), ("10.0.0.5", False)],
+)  # fmt: skip
+def test_is_local_host__loopback_and_sockets_only(host, local):
+    """/proc shows the backend only for a server on this machine; elsewhere the sweep's CPU is not reported."""
+    assert _is_local_host(host) is local

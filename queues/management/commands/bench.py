@@ -73,6 +73,11 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _is_local_host(host: str) -> bool:
+    """Whether a database HOST setting names this machine: a loopback address or a Unix socket (empty or a path)."""
+    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+
+
 def sweep_cpu_clock() -> tuple[str, Callable[[], float | None]] | None:
     """Where the sweep on this thread's connection spends its CPU, and a clock of that CPU time.
 
@@ -81,8 +86,7 @@ def sweep_cpu_clock() -> tuple[str, Callable[[], float | None]] | None:
     """
     if connection.vendor == "sqlite":
         return "the sweeping thread", time.thread_time
-    host = connection.settings_dict.get("HOST") or ""
-    if connection.vendor != "postgresql" or not (host in ("localhost", "127.0.0.1", "::1") or host.startswith("/")):
+    if connection.vendor != "postgresql" or not _is_local_host(connection.settings_dict.get("HOST") or ""):
         return None
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
