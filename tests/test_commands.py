@@ -13,6 +13,7 @@ from django_q.models import Schedule
 from queues import services
 from queues.models import ApiToken, Message, Queue, ReviewDecision
 from queues.schedules import SCHEDULES
+from tests import live
 from tests.factories import MessageFactory, QueueFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -110,3 +111,29 @@ def test_prune__deletes_old_acked_tombstones_only():
     assert list(Message.objects.values_list("id", flat=True)) == [recent["id"]]
     # A retried ack inside the retention window still answers "acked".
     assert services.message_ack(queue=queue, receipts=[recent["receipt"]])[0]["status"] == "acked"
+
+
+def test_prune__walks_every_queue_tombstones():
+    """Tombstones are pruned queue by queue (their index leads with the queue), in every queue."""
+    past = timezone.now() - dt.timedelta(days=1)
+    kept = []
+    for queue in QueueFactory.create_batch(3):
+        MessageFactory.create_batch(3, queue=queue, sent_at=past)
+        for when in (past, past, timezone.now()):
+            [got] = services.message_receive(queue=queue, now=when)
+            services.message_ack(queue=queue, receipts=[got["receipt"]], now=when)
+            if when is not past:
+                kept.append(got["id"])
+    assert "Pruned 6 acked messages" in run("prune")
+    assert sorted(Message.objects.values_list("id", flat=True)) == sorted(kept)
+
+
+def test_migrate__only_queues_first_on_a_fresh_database(tmp_path):
+    """Migrating only `queues`, before django_q's tables exist, must not trip the hook that
+    registers the schedules; the full migrate after it registers them."""
+    with live.fresh_database(tmp_path) as url:
+        env = live.project_env(url)
+        live.manage(env, "migrate", "queues", "0003")
+        live.manage(env, "migrate")
+        names = "from django_q.models import Schedule; print(sorted(Schedule.objects.values_list('name', flat=True)))"
+        assert "wonderq.sweep" in live.manage(env, "shell", "-c", names)
