@@ -507,6 +507,48 @@ def test_message_admin__live_messages_only_and_read_only(admin_client, jobs):
     assert Message.objects.get(pk=ready.pk).status == "leased"
 
 
+def test_message_admin__list_by_queue_reads_the_status_indexes(admin_client, jobs):
+    """Messages have no index on the queue alone: the list filtered by queue must read the
+    partial indexes of its live statuses, not every row of the table."""
+    other = QueueFactory(name="other")
+    when = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {Message._meta.db_table} (queue_id, status, body, attributes, sent_at, available_at,
+                receive_count, consumer, review_reason, review_note, acked_at, acked_from)
+            WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 20000)
+            SELECT %s, 'acked', 'm' || n, '{{}}', %s, %s, 1, '', '', '', %s, 'leased' FROM seq
+            """,
+            [other.id, when, when, when],
+        )
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {Message._meta.db_table}")
+    mine = MessageFactory.create_batch(3, queue=jobs)
+    statements = []
+
+    def capture(execute, sql, params, many, context):
+        statements.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(capture):
+        response = admin_client.get(MESSAGES_URL, {"queue__id__exact": jobs.pk})
+    assert {m.pk for m in response.context["cl"].result_list} == {m.pk for m in mine}
+    [(sql, params)] = [(sql, params) for sql, params in statements if "COUNT(*)" in sql and "queues_message" in sql]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"EXPLAIN {sql}", params)
+            plan = " ".join(row[0] for row in cursor.fetchall())
+            assert "Seq Scan" not in plan, plan
+        else:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            plan = " ".join(row[-1] for row in cursor.fetchall())
+            assert "SCAN queues_message" not in plan, plan
+    # Either index of leased rows will do: PostgreSQL may take the smaller one and filter.
+    for index in ("message_ready_idx", "leased_idx", "message_review_idx"):
+        assert index in plan, plan
+
+
 # --- API tokens -------------------------------------------------------------------------------------
 
 

@@ -137,3 +137,29 @@ def test_migrate__only_queues_first_on_a_fresh_database(tmp_path):
         live.manage(env, "migrate")
         names = "from django_q.models import Schedule; print(sorted(Schedule.objects.values_list('name', flat=True)))"
         assert "wonderq.sweep" in live.manage(env, "shell", "-c", names)
+
+
+_INDEXES = """
+from django.db import connection
+with connection.cursor() as cursor:
+    found = connection.introspection.get_constraints(cursor, "queues_message")
+print(" ".join(sorted(name for name, info in found.items() if info["index"])))
+"""
+
+
+def test_migrate__0004_forward_back_and_forward_on_a_fresh_database(tmp_path):
+    """Migration 0004 drops the plain index on queue and gives tombstones one that leads with it;
+    reversed, the old indexes come back."""
+    with live.fresh_database(tmp_path) as url:
+        env = live.project_env(url)
+        live.manage(env, "migrate", "queues", "0003")
+        before = live.manage(env, "shell", "-c", _INDEXES).split()
+        assert {"queues_message_queue_id_ad230eab", "message_acked_idx"} <= set(before)
+        live.manage(env, "migrate")
+        after = live.manage(env, "shell", "-c", _INDEXES).split()
+        assert "queues_message_queue_id_ad230eab" not in after and "message_acked_idx" not in after
+        assert "message_queue_acked_idx" in after
+        live.manage(env, "migrate", "queues", "0003")
+        assert live.manage(env, "shell", "-c", _INDEXES).split() == before
+        live.manage(env, "migrate")
+        assert live.manage(env, "shell", "-c", _INDEXES).split() == after

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from queues import services, tasks
@@ -39,6 +41,54 @@ def test_stats_snapshot__counts_depth_sent_and_acked_since_the_previous_one():
     stats_snapshot(now=t1 + dt.timedelta(seconds=1))
     second = QueueSnapshot.objects.order_by("-taken_at").first()
     assert (second.ready, second.leased, second.sent, second.acked) == (4, 1, 1, 1)
+
+
+def test_stats_snapshot__counts_each_queue_apart_and_a_queue_made_since():
+    """ "Sent" is read once for every queue, from the ids after the last snapshot: each queue gets
+    its own count, and a queue made between two snapshots counts all it got."""
+    first, second = QueueFactory(), QueueFactory()
+    t0 = timezone.now() - dt.timedelta(minutes=10)
+
+    def send(queue, n, now):
+        services.message_send(queue=queue, messages=[services.OutgoingMessage(body=str(i)) for i in range(n)], now=now)
+
+    send(first, 3, t0)
+    send(second, 2, t0)
+    send(first, 1, t0)
+    assert stats_snapshot(now=t0 + dt.timedelta(seconds=1)) == 2
+    t1 = t0 + dt.timedelta(minutes=1)
+    third = QueueFactory()
+    send(third, 4, t1)
+    send(second, 5, t1)
+    assert stats_snapshot(now=t1 + dt.timedelta(seconds=1)) == 3
+    t2 = t1 + dt.timedelta(minutes=1)
+    send(third, 1, t2)
+    with CaptureQueriesContext(connection) as queries:
+        stats_snapshot(now=t2 + dt.timedelta(seconds=1))
+
+    sent = {}
+    for snapshot in QueueSnapshot.objects.order_by("taken_at"):
+        sent.setdefault(snapshot.queue_id, []).append(snapshot.sent)
+    assert sent == {first.id: [4, 0, 0], second.id: [2, 5, 0], third.id: [4, 1]}
+    # Once every queue has seen the same id, one statement reads what all of them were sent.
+    reads = [q["sql"] for q in queries.captured_queries if 'MAX("queues_message"."id")' in q["sql"]]
+    assert len(reads) == 1, reads
+
+
+def test_stats_snapshot__catches_up_from_ids_each_queue_saw_last():
+    """Snapshots taken before the shared watermark each kept their own queue's last id: the next
+    one counts each queue from there, not from the lowest of them."""
+    busy, idle = QueueFactory(), QueueFactory()
+    t0 = timezone.now() - dt.timedelta(minutes=10)
+    services.message_send(queue=busy, messages=[services.OutgoingMessage(body=str(i)) for i in range(3)], now=t0)
+    seen = Message.objects.filter(queue=busy).order_by("-id").values_list("id", flat=True).first()
+    QueueSnapshot.objects.create(queue=busy, taken_at=t0, last_message_id=seen)
+    QueueSnapshot.objects.create(queue=idle, taken_at=t0, last_message_id=0)
+    services.message_send(queue=busy, messages=[services.OutgoingMessage(body="new")], now=t0)
+
+    stats_snapshot(now=t0 + dt.timedelta(minutes=1))
+    latest = {s.queue_id: s.sent for s in QueueSnapshot.objects.filter(taken_at=t0 + dt.timedelta(minutes=1))}
+    assert latest == {busy.id: 1, idle.id: 0}
 
 
 def test_prune_task__returns_counts():

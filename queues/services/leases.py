@@ -223,7 +223,7 @@ class _Batch:
 # JIT compiling would cost more than the statement itself. Both last until the transaction ends.
 _CLAIM_SETTINGS = "SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)"
 # The move must be a Tid Scan. Priced at a random page a tuple, 10,000 ctids look dearer to the
-# planner than walking all of a queue's messages in queues_message_queue_id, or the whole table,
+# planner than walking all of a queue's messages in an index on the queue, or the whole table,
 # hashing the ctids: each took 2 to 4 times the batch's time at 300,000 rows, growing with the
 # table. Without index and sequential scans, the Tid Scan is its only plan for the message table.
 _MOVE_SETTINGS = (

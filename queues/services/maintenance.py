@@ -21,13 +21,17 @@ def stats_snapshot(*, now: dt.datetime | None = None) -> int:
     if not queue_ids:
         return 0
     counts = queue_counts(queue_ids=queue_ids, now=now)
+    previous = {
+        queue_id: QueueSnapshot.objects.filter(queue_id=queue_id).order_by("-taken_at").first()
+        for queue_id in queue_ids
+    }
+    seen = {queue_id: snapshot.last_message_id for queue_id, snapshot in previous.items() if snapshot}
+    # A queue without a snapshot yet was made since the last one: its messages are all newer.
+    newest_seen = max(seen.values(), default=0)
+    sent, top = _sent_since({queue_id: seen.get(queue_id, newest_seen) for queue_id in queue_ids})
     snapshots = []
     for queue_id in queue_ids:
-        previous = QueueSnapshot.objects.filter(queue_id=queue_id).order_by("-taken_at").first()
-        last_seen = previous.last_message_id if previous else 0
-        since = previous.taken_at if previous else now - dt.timedelta(minutes=1)
-        # Ids only grow, so "sent since" is a primary-key range over the new rows alone.
-        sent = Message.objects.filter(queue_id=queue_id, id__gt=last_seen).aggregate(n=Count("id"), last=Max("id"))
+        since = previous[queue_id].taken_at if previous[queue_id] else now - dt.timedelta(minutes=1)
         acked = Message.objects.filter(
             status=Message.Status.ACKED, queue_id=queue_id, acked_at__gt=since, acked_at__lte=now
         ).count()
@@ -35,14 +39,39 @@ def stats_snapshot(*, now: dt.datetime | None = None) -> int:
             QueueSnapshot(
                 queue_id=queue_id,
                 taken_at=now,
-                sent=sent["n"],
+                sent=sent.get(queue_id, 0),
                 acked=acked,
-                last_message_id=sent["last"] or last_seen,
+                last_message_id=top,
                 **{k: counts[queue_id][k] for k in ("ready", "delayed", "leased", "review")},
             )
         )
     QueueSnapshot.objects.bulk_create(snapshots)
     return len(snapshots)
+
+
+def _sent_since(seen: dict[int, int]) -> tuple[dict[int, int], int]:
+    """How many messages each queue got after the id it last saw, and the highest id read.
+
+    Ids only grow, so that is a primary-key range over the new rows alone, read once for every
+    queue that last saw the same id: after one snapshot, that is all of them. (Messages have no
+    index on queue alone; each status has its own.)
+    """
+    by_seen: dict[int, list[int]] = {}
+    for queue_id, last_id in seen.items():
+        by_seen.setdefault(last_id, []).append(queue_id)
+    sent: dict[int, int] = {}
+    top = max(seen.values(), default=0)
+    for last_id, queue_ids in by_seen.items():
+        rows = (
+            Message.objects.filter(id__gt=last_id, queue_id__in=queue_ids)
+            .order_by()
+            .values("queue_id")
+            .annotate(n=Count("id"), last=Max("id"))
+        )
+        for row in rows:
+            sent[row["queue_id"]] = row["n"]
+            top = max(top, row["last"])
+    return sent, top
 
 
 @dataclass
@@ -73,9 +102,13 @@ def prune(*, now: dt.datetime | None = None, batch_size: int | None = None) -> P
     batch = batch_size or app_settings.SWEEP_BATCH
     result = PruneResult()
     acked_before = now - dt.timedelta(seconds=app_settings.ACKED_RETENTION_SECONDS)
-    result.acked = _delete_in_batches(
-        Message.objects.filter(status=Message.Status.ACKED, acked_at__lt=acked_before).order_by("acked_at"), batch
-    )
+    for queue_id in Queue.objects.order_by("id").values_list("id", flat=True):
+        result.acked += _delete_in_batches(
+            Message.objects.filter(status=Message.Status.ACKED, queue_id=queue_id, acked_at__lt=acked_before).order_by(
+                "acked_at"
+            ),
+            batch,
+        )
     result.deliveries = _delete_in_batches(
         Delivery.objects.filter(~Q(message_id__in=Message.objects.values("id"))).order_by("id"), batch
     )
