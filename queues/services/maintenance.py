@@ -54,7 +54,8 @@ def _sent_since(seen: dict[int, int]) -> tuple[dict[int, int], int]:
 
     Ids only grow, so that is a primary-key range over the new rows alone, read once for every
     queue that last saw the same id: after one snapshot, that is all of them. (Messages have no
-    index on queue alone; each status has its own.)
+    index on queue alone; each status has its own.) A send that commits after a snapshot has read
+    past its ids is not counted: these are the dashboard's rates, not a ledger.
     """
     by_seen: dict[int, list[int]] = {}
     for queue_id, last_id in seen.items():
