@@ -44,8 +44,8 @@ def test_stats_snapshot__counts_depth_sent_and_acked_since_the_previous_one():
 
 
 def test_stats_snapshot__counts_each_queue_apart_and_a_queue_made_since():
-    """ "Sent" is read once for every queue, from the ids after the last snapshot: each queue gets
-    its own count, and a queue made between two snapshots counts all it got."""
+    """What each queue was sent is read once for all queues, from the ids after the last snapshot:
+    each queue gets its own count, and a queue made between two snapshots counts all it got."""
     first, second = QueueFactory(), QueueFactory()
     t0 = timezone.now() - dt.timedelta(minutes=10)
 
