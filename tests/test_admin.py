@@ -22,6 +22,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from queues import services
+from queues.bench.data import expired_leases_create
 from queues.models import ApiToken, Delivery, Message, Queue, ReviewDecision
 from tests.factories import MessageFactory, QueueFactory, UserFactory
 
@@ -510,19 +511,9 @@ def test_message_admin__live_messages_only_and_read_only(admin_client, jobs):
 def test_message_admin__list_by_queue_reads_the_status_indexes(admin_client, jobs):
     """Messages have no index on the queue alone: the list filtered by queue must read the
     partial indexes of its live statuses, not every row of the table."""
-    other = QueueFactory(name="other")
-    when = connection.ops.adapt_datetimefield_value(timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO {Message._meta.db_table} (queue_id, status, body, attributes, sent_at, available_at,
-                receive_count, consumer, review_reason, review_note, acked_at, acked_from)
-            WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 20000)
-            SELECT %s, 'acked', 'm' || n, '{{}}', %s, %s, 1, '', '', '', %s, 'leased' FROM seq
-            """,
-            [other.id, when, when, when],
-        )
-        if connection.vendor == "postgresql":
+    expired_leases_create(queue=QueueFactory(name="other"), count=20_000, expired_at=timezone.now())
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {Message._meta.db_table}")
     mine = MessageFactory.create_batch(3, queue=jobs)
     statements = []
