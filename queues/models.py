@@ -182,15 +182,12 @@ class Message(models.Model):
                 name="message_ready_idx",
                 condition=Q(status="ready"),
             ),
-            # Sweep: expired leases, walked in expiry order.
+            # Leases, one queue's in expiry order: the sweep walks each queue's expired ones,
+            # a requeue queue's receive and the counts read one queue's. Every receive writes an
+            # entry here (and on SQLite every ack and timed-out lease removes one): one index only.
             models.Index(
-                fields=["lease_expires_at", "id"],
+                fields=["queue", "lease_expires_at", "id"],
                 name="message_leased_idx",
-                condition=Q(status="leased"),
-            ),
-            models.Index(
-                fields=["queue", "lease_expires_at"],
-                name="message_queue_leased_idx",
                 condition=Q(status="leased"),
             ),
             models.Index(fields=["queue", "review_at"], name="message_review_idx", condition=Q(status="review")),

@@ -136,6 +136,39 @@ print(" ".join(sorted(name for name, info in found.items() if info["index"])))
 """
 
 
+_LEASED_INDEXES = """
+from django.db import connection
+with connection.cursor() as cursor:
+    found = connection.introspection.get_constraints(cursor, "queues_message")
+leased = (f"{name}:{','.join(info['columns'])}" for name, info in found.items() if info["index"] and "leased" in name)
+print("leased indexes:", *sorted(leased))
+"""
+
+
+def leased_indexes(env: dict) -> list[str]:
+    [line] = [
+        line for line in live.manage(env, "shell", "-c", _LEASED_INDEXES).splitlines() if "leased indexes:" in line
+    ]
+    return line.split()[2:]
+
+
+def test_migrate__0005_one_leased_index_forward_and_back(tmp_path):
+    """Migration 0005 replaces the two indexes on leased messages with one on (queue, expiry, id);
+    reversed, the two come back as they were."""
+    with live.fresh_database(tmp_path) as url:
+        env = live.project_env(url)
+        live.manage(env, "migrate", "queues", "0004")
+        before = leased_indexes(env)
+        assert before == [
+            "message_leased_idx:lease_expires_at,id",
+            "message_queue_leased_idx:queue_id,lease_expires_at",
+        ]
+        live.manage(env, "migrate")
+        assert leased_indexes(env) == ["message_leased_idx:queue_id,lease_expires_at,id"]
+        live.manage(env, "migrate", "queues", "0004")
+        assert leased_indexes(env) == before
+
+
 def test_migrate__0004_forward_back_and_forward_on_a_fresh_database(tmp_path):
     """Migration 0004 drops the plain index on queue and gives tombstones one that leads with it;
     reversed, the old indexes come back. Migrating only `queues` first, before django_q's tables

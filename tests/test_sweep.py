@@ -220,11 +220,57 @@ def test_leases_sweep__statements_a_batch_are_few_and_do_not_grow_with_it(queue)
     assert expired_history() == dict.fromkeys(Message.objects.values_list("id", flat=True), 1)
 
 
+def test_leases_sweep__queues_without_expired_leases_cost_no_statement(queue, user):
+    """The sweep finds the queues with a lease run out in one statement and visits only those."""
+    idle = [QueueFactory(owner=user) for _ in range(20)]
+    for other in idle:
+        lease(other, 1, now=at(10))  # still running at(30)
+    due = lease(queue, 3, now=T0)
+
+    with CaptureQueriesContext(connection) as captured:
+        result = leases_sweep(now=at(30))
+
+    assert (result.review, result.batches) == (3, 1)
+    assert len(captured) <= 8, [q["sql"][:80] for q in captured]
+    assert set(Message.objects.filter(status="review").values_list("id", flat=True)) == set(due)
+    assert Message.objects.filter(status="leased").count() == len(idle)
+
+
+def test_leases_sweep__finding_the_due_queues_probes_the_leased_index(queue):
+    """One index probe per queue, never a read of every leased row, whatever the statistics say."""
+    expired_leases_create(queue=queue, count=2_000, expired_at=T0)
+    with connection.cursor() as cursor:
+        explain = "EXPLAIN" if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN"
+        cursor.execute(f"{explain} {leases_module._DUE_QUEUES}", {"now": leases_module.db_dt(at(1))})
+        plan = "\n".join(str(row[-1] if connection.vendor == "sqlite" else row[0]) for row in cursor.fetchall())
+
+    assert "message_leased_idx" in plan, plan
+    assert "Seq Scan on queues_message" not in plan and "SCAN queues_message" not in plan, plan
+    assert "Hash" not in plan, plan
+
+
+def test_leases_sweep__a_queue_deleted_during_the_sweep_is_stepped_over(queue, user):
+    later = QueueFactory(owner=user)
+    kept = lease(queue, 2, now=T0)
+    lease(later, 1, now=T0)
+    assert queue.id < later.id  # the sweep goes in queue order: `later` is still to come
+
+    def delete_later(result) -> None:
+        if result.batches == 1:
+            Queue.objects.filter(id=later.id).delete()
+
+    result = leases_sweep(now=at(30), batch_size=1, progress=delete_later)
+
+    assert result.review == 2
+    assert set(Message.objects.filter(status="review").values_list("id", flat=True)) == set(kept)
+    assert not Message.objects.filter(queue_id=later.id).exists()
+
+
 @requires_postgres
 def test_leases_sweep__batch_walks_the_leased_index_in_order_without_sorting(queue):
     """Stale statistics must not turn a claim into a sort of every leased row (PostgreSQL)."""
     expired_leases_create(queue=queue, count=2_000, expired_at=T0)
-    params = {"now": at(1), "limit": 500, "after_at": T0, "after_id": 0}
+    params = {"now": at(1), "queue": queue.id, "limit": 500, "after_at": T0, "after_id": 0}
 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(leases_module._CLAIM_SETTINGS)
@@ -240,7 +286,7 @@ def test_leases_sweep__batch_walks_the_leased_index_in_order_without_sorting(que
 def test_leases_sweep__move_goes_straight_to_the_claimed_rows(queue):
     """The move is a Tid Scan of the claimed ctids, not a scan of the table or of the queue's messages."""
     expired_leases_create(queue=queue, count=2_000, expired_at=T0)
-    params = {"now": at(1), "limit": 500}
+    params = {"now": at(1), "queue": queue.id, "limit": 500}
 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(leases_module._CLAIM_SETTINGS)
@@ -366,5 +412,5 @@ def test_message_table__no_index_on_the_queue_alone(db):
         constraints = connection.introspection.get_constraints(cursor, table)
     indexes = {name: info["columns"] for name, info in constraints.items() if info["index"]}
     assert ["queue_id"] not in indexes.values(), indexes
-    for name in ("message_ready_idx", "message_queue_leased_idx", "message_review_idx", "message_queue_acked_idx"):
+    for name in ("message_ready_idx", "message_leased_idx", "message_review_idx", "message_queue_acked_idx"):
         assert indexes[name][0] == "queue_id", indexes

@@ -2,20 +2,21 @@
 
 Expiry is decided by time (DESIGN rule 2); these functions only *materialise* it,
 in set-based statements. `leases_sweep` walks the partial index on leased
-messages in expiry order, at most `SWEEP_BATCH` rows a transaction.
+messages queue by queue, in expiry order, at most `SWEEP_BATCH` rows a transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from queues.conf import app_settings
-from queues.models import Delivery, Message
+from queues.models import Delivery, Message, Queue
 from queues.services._sql import DELIVERY, MESSAGE, QUEUE, db_dt, fetch, marks
 
 # In a requeue queue a timed-out message goes back to READY until it has used up max_receives.
@@ -126,18 +127,27 @@ class SweepResult:
 
 
 # --- the sweep ------------------------------------------------------------------
-# Each batch takes the first `limit` entries of message_leased_idx (lease_expires_at, id) that have
-# run out by `now`, and moves them, their history and their counts inside the database. No row
-# goes to Python as an object: SQLite's statements carry no ids at all, and PostgreSQL's claim
-# hands its move the rows' ctids as one text value (about 140 KB a batch of 10,000). A message
-# moved to review is one UPDATEd row: its row keeps the delivery until it leaves review
-# (Message.history). One moved back to READY, whose next receive overwrites those fields, also
-# gets its history row. The cost is mostly the index entries these writes make (see migrations
-# 0002 and 0003).
+# The sweep goes queue by queue, each queue's expired leases in the order of message_leased_idx
+# (queue, lease_expires_at, id), at most `limit` rows a transaction. A transaction that empties a
+# queue goes on to the next, so many small queues share one. No row goes to Python as an
+# object: SQLite's statements carry no ids at all, and PostgreSQL's claims hand the move the
+# rows' ctids as text (about 140 KB a transaction of 10,000). A message moved to review is one
+# UPDATEd row: its row keeps the delivery until it leaves review (Message.history). One moved
+# back to READY, whose next receive overwrites those fields, also gets its history row. The cost
+# is mostly the index entries these writes make (see migrations 0002 to 0005).
 
-_LEASED = f"{MESSAGE}.status = 'leased' AND {MESSAGE}.lease_expires_at <= %(now)s"
+_LEASED = f"{MESSAGE}.status = 'leased' AND {MESSAGE}.queue_id = %(queue)s AND {MESSAGE}.lease_expires_at <= %(now)s"
 
-# PostgreSQL: two statements a batch, in one transaction. The claim locks the batch's rows:
+# The queues with a lease run out by `now`: one probe of message_leased_idx per queue (a scalar
+# subquery, so that no plan reads every leased row to find them).
+_DUE_QUEUES = f"""
+SELECT q.id FROM {QUEUE} AS q
+WHERE (SELECT 1 FROM {MESSAGE} WHERE {MESSAGE}.status = 'leased' AND {MESSAGE}.queue_id = q.id
+         AND {MESSAGE}.lease_expires_at <= %(now)s LIMIT 1) IS NOT NULL
+ORDER BY q.id
+"""
+
+# PostgreSQL: claims, then one move, in one transaction. A claim locks a queue's next rows:
 # SKIP LOCKED steps over rows an ack holds (and over another sweep's). It hands back their
 # ctids, and the move finds them by ctid, a Tid Scan straight to the heap tuple. The lock keeps
 # each row as the claim found it (leased, expired, at that ctid) until the transaction ends, so
@@ -145,9 +155,9 @@ _LEASED = f"{MESSAGE}.status = 'leased' AND {MESSAGE}.lease_expires_at <= %(now)
 # expired lease on the first batch (0.7 s instead of 0.1 s), and 10,000 primary-key lookups a
 # batch cost more than the Tid Scan (at 300,000 leases the sweep took 0.8 of the time without
 # them). The move writes the history of the leases back in READY from what it returned. Moved
-# rows stay in the index, dead, until vacuum: a claim starts after the previous one's last
-# (lease_expires_at, id), a row comparison that is an index range, so no batch walks over them
-# again.
+# rows stay in the index, dead, until vacuum: a queue's next claim starts after its previous
+# one's last (lease_expires_at, id), a row comparison that is an index range, so no claim walks
+# over them again.
 _AFTER = f"({MESSAGE}.lease_expires_at, {MESSAGE}.id) > (%(after_at)s, %(after_id)s)"
 _CLAIM_PG = f"""
 WITH batch AS MATERIALIZED (
@@ -179,48 +189,51 @@ SELECT COUNT(*) FILTER (WHERE status = 'review') AS review, COUNT(*) FILTER (WHE
 FROM moved
 """
 
-# SQLite: a moved row leaves the partial index at once (no dead entries to step over), so a batch
-# is simply the first `limit` entries, and once some of them have moved, the rest of the batch is
-# still the first (limit - moved). The IMMEDIATE transaction holds the write lock from its first
-# statement, so nothing else changes them in between. Each statement runs the subquery once,
-# into a temporary b-tree, and the row counts are the verdict. (On PostgreSQL `IN (SELECT ...
-# LIMIT n)` may claim more than n rows; here nothing else can write meanwhile.) Splitting the
-# move by destination costs less than a CASE per column and RETURNING every row: the leases bound
-# for READY (only in requeue queues) get their history and move first, then the rest of the batch
-# goes to review.
+# SQLite: a moved row leaves the partial index at once (no dead entries to step over), so a
+# queue's batch is simply its first `limit` entries, and once some of them have moved, the rest
+# of the batch is still the first (limit - moved). The IMMEDIATE transaction holds the write lock
+# from its first statement, so nothing else changes them in between. Each statement runs the
+# subquery once, into a temporary b-tree, and the row counts are the verdict. (On PostgreSQL
+# `IN (SELECT ... LIMIT n)` may claim more than n rows; here nothing else can write meanwhile.)
+# The queue's settings are read first, so each statement moves one kind: in a requeue queue the
+# leases bound for READY get their history and move first, then the rest go to review.
 _SQLITE_BATCH = f"""
 SELECT {MESSAGE}.id FROM {MESSAGE} WHERE {_LEASED}
 ORDER BY {MESSAGE}.lease_expires_at, {MESSAGE}.id LIMIT %(limit)s
 """
-_REQUEUE_QUEUES = f"SELECT id FROM {QUEUE} WHERE on_timeout = 'requeue'"
-_SQLITE_REDELIVER = f"""
-{MESSAGE}.id IN ({_SQLITE_BATCH})
-  AND queue_id IN ({_REQUEUE_QUEUES})
-  AND receive_count < (SELECT q.max_receives FROM {QUEUE} AS q WHERE q.id = {MESSAGE}.queue_id)
-"""
+_SQLITE_REDELIVER = f"{MESSAGE}.id IN ({_SQLITE_BATCH}) AND receive_count < %(max_receives)s"
+_SQLITE_QUEUE = f"SELECT on_timeout, max_receives FROM {QUEUE} WHERE id = %(queue)s"
 _SQLITE_HISTORY = f"""
 INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS})
 SELECT {_HISTORY_VALUES} FROM {MESSAGE} WHERE {_SQLITE_REDELIVER}
 """
 _SQLITE_TO_READY = f"UPDATE {MESSAGE} SET status = 'ready', available_at = lease_expires_at WHERE {_SQLITE_REDELIVER}"
 _SQLITE_TO_REVIEW = f"""
-UPDATE {MESSAGE} SET status = 'review', review_at = lease_expires_at, review_note = '',
-    review_reason = CASE WHEN queue_id IN ({_REQUEUE_QUEUES}) THEN 'max_receives' ELSE 'timeout' END
+UPDATE {MESSAGE} SET status = 'review', review_at = lease_expires_at, review_note = '', review_reason = %(reason)s
 WHERE {MESSAGE}.id IN ({_SQLITE_BATCH})
 """
 
 
 @dataclass
 class _Batch:
-    claimed: int
-    review: int
-    ready: int
+    claimed: int = 0
+    review: int = 0
+    ready: int = 0
 
 
-# The claim must come off message_leased_idx in key order. Right after a bulk change the
-# statistics can be stale, and the planner may then sort every leased row of
-# message_queue_leased_idx instead (a second a batch); without sorts it has only the right plan.
-# JIT compiling would cost more than the statement itself. Both last until the transaction ends.
+@dataclass
+class _Walk:
+    """Where a sweep has got to: the queues it has yet to empty, and on PostgreSQL each one's keyset."""
+
+    now: str
+    queues: deque[dict]
+    after: dict[int, dict] = field(default_factory=dict)
+
+
+# A claim must come off message_leased_idx in key order. Right after a bulk change the
+# statistics can be stale, and the planner may then sort every leased row of the queue instead
+# (a second a batch); without sorts it has only the right plan. JIT compiling would cost more
+# than the statement itself. Both last until the transaction ends.
 _CLAIM_SETTINGS = "SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)"
 # The move must be a Tid Scan. Priced at a random page a tuple, 10,000 ctids look dearer to the
 # planner than walking all of a queue's messages in an index on the queue, or the whole table,
@@ -232,28 +245,51 @@ _MOVE_SETTINGS = (
 )
 
 
-def _batch_sqlite(params: dict) -> _Batch:
+def _batch_sqlite(walk: _Walk, limit: int) -> _Batch:
+    batch = _Batch()
     with connection.cursor() as cursor:
-        ready = 0
-        cursor.execute(f"SELECT EXISTS ({_REQUEUE_QUEUES})")
-        if cursor.fetchone()[0]:
-            cursor.execute(_SQLITE_HISTORY, params)
-            cursor.execute(_SQLITE_TO_READY, params)
-            ready = cursor.rowcount
-        cursor.execute(_SQLITE_TO_REVIEW, {**params, "limit": params["limit"] - ready})
-        review = cursor.rowcount
-    return _Batch(claimed=ready + review, review=review, ready=ready)
+        while walk.queues and batch.claimed < limit:
+            params = {"now": walk.now, "queue": walk.queues[0]["id"], "limit": limit - batch.claimed}
+            cursor.execute(_SQLITE_QUEUE, params)
+            queue = cursor.fetchone()
+            if queue is None:  # deleted since the sweep began
+                walk.queues.popleft()
+                continue
+            ready = 0
+            if queue[0] == Queue.OnTimeout.REQUEUE:
+                params["max_receives"] = queue[1]
+                cursor.execute(_SQLITE_HISTORY, params)
+                cursor.execute(_SQLITE_TO_READY, params)
+                ready = cursor.rowcount
+            reason = Message.ReviewReason.MAX_RECEIVES if "max_receives" in params else Message.ReviewReason.TIMEOUT
+            cursor.execute(_SQLITE_TO_REVIEW, {**params, "limit": params["limit"] - ready, "reason": reason})
+            if ready + cursor.rowcount < params["limit"]:
+                walk.queues.popleft()  # emptied
+            batch.claimed += ready + cursor.rowcount
+            batch.ready += ready
+            batch.review += cursor.rowcount
+    return batch
 
 
-def _batch_postgresql(params: dict) -> _Batch:
+def _batch_postgresql(walk: _Walk, limit: int) -> _Batch:
     fetch(_CLAIM_SETTINGS)
-    [claim] = fetch(_CLAIM_PG.format(after=_AFTER if "after_id" in params else "TRUE"), params)
-    if not claim["claimed"]:
-        return _Batch(claimed=0, review=0, ready=0)
-    params.update(after_at=claim["last_at"], after_id=claim["last_id"])
+    claimed, ctids = 0, []
+    while walk.queues and claimed < limit:
+        queue_id = walk.queues[0]["id"]
+        after = walk.after.get(queue_id)
+        params = {"now": walk.now, "queue": queue_id, "limit": limit - claimed, **(after or {})}
+        [claim] = fetch(_CLAIM_PG.format(after=_AFTER if after else "TRUE"), params)
+        if claim["claimed"] < params["limit"]:
+            walk.queues.popleft()  # emptied
+        if claim["claimed"]:
+            walk.after[queue_id] = {"after_at": claim["last_at"], "after_id": claim["last_id"]}
+            claimed += claim["claimed"]
+            ctids.append(claim["ctids"][1:-1])  # '{"(0,1)",...}' -> '"(0,1)",...'
+    if not claimed:
+        return _Batch()
     fetch(_MOVE_SETTINGS)
-    [moved] = fetch(_MOVE_PG, {"ctids": claim["ctids"]})
-    return _Batch(claimed=claim["claimed"], review=moved["review"], ready=moved["ready"])
+    [moved] = fetch(_MOVE_PG, {"ctids": "{" + ",".join(ctids) + "}"})
+    return _Batch(claimed=claimed, review=moved["review"], ready=moved["ready"])
 
 
 def leases_sweep(
@@ -262,22 +298,20 @@ def leases_sweep(
     batch_size: int | None = None,
     progress: Callable[[SweepResult], None] | None = None,
 ) -> SweepResult:
-    """LEASED -> REVIEW / READY for every lease expired at `now`, in bounded batches."""
+    """LEASED -> REVIEW / READY for every lease expired at `now`, in transactions of at most `batch_size` rows."""
     now = now or timezone.now()
     batch_size = batch_size or app_settings.SWEEP_BATCH
     step = _batch_postgresql if connection.vendor == "postgresql" else _batch_sqlite
+    walk = _Walk(now=db_dt(now), queues=deque(fetch(_DUE_QUEUES, {"now": db_dt(now)})))
     result = SweepResult()
-    params: dict = {"now": db_dt(now), "limit": batch_size}
-    while True:
+    while walk.queues:
         with transaction.atomic():
-            batch = step(params)
+            batch = step(walk, batch_size)
         if not batch.claimed:
-            break
+            continue  # the queues it tried had been emptied meanwhile (by another sweep, acks)
         result.review += batch.review
         result.ready += batch.ready
         result.batches += 1
         if progress:
             progress(result)
-        if batch.claimed < batch_size:
-            break
     return result

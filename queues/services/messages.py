@@ -260,7 +260,7 @@ def _ack(*, queue: Queue, receipts: dict[str, int], statuses: str, now: dt.datet
         """,
         [db_dt(now), db_dt(now), *id_params, queue.id, *receipt_params],
         # Planned each time: PostgreSQL's generic plan for it walks every lease of the queue
-        # (message_queue_leased_idx) and filters by id, instead of the few primary keys.
+        # (message_leased_idx) and filters by id, instead of the few primary keys.
     )
 
 

@@ -135,7 +135,7 @@ def queue_purge(*, queue: Queue) -> int:
 # Statuses are literals, never parameters: only then does SQLite see that a term is a partial
 # index's own condition and count from the index alone; given `status = ?` it reads every message
 # row to check it (seconds at a million messages). Each subquery is one index range per queue:
-# message_ready_idx, message_queue_leased_idx, message_review_idx.
+# message_ready_idx, message_leased_idx, message_review_idx.
 _COUNTS_SQL = f"""
 SELECT q.id AS queue_id,
   (SELECT COUNT(*) FROM {MESSAGE} m
