@@ -223,10 +223,10 @@ class _Batch:
 
 @dataclass
 class _Walk:
-    """Where a sweep has got to: the queues it has yet to empty, and on PostgreSQL each one's keyset."""
+    """Where a sweep has got to: the ids of the queues it has yet to empty, and on PostgreSQL each one's keyset."""
 
-    now: str
-    queues: deque[dict]
+    now: object  # as db_dt gives it
+    queues: deque[int]
     after: dict[int, dict] = field(default_factory=dict)
 
 
@@ -249,25 +249,30 @@ def _batch_sqlite(walk: _Walk, limit: int) -> _Batch:
     batch = _Batch()
     with connection.cursor() as cursor:
         while walk.queues and batch.claimed < limit:
-            params = {"now": walk.now, "queue": walk.queues[0]["id"], "limit": limit - batch.claimed}
+            wanted = limit - batch.claimed
+            params = {"now": walk.now, "queue": walk.queues[0], "limit": wanted}
             cursor.execute(_SQLITE_QUEUE, params)
-            queue = cursor.fetchone()
-            if queue is None:  # deleted since the sweep began
+            settings = cursor.fetchone()
+            if settings is None:  # deleted since the sweep began
                 walk.queues.popleft()
                 continue
+            on_timeout, max_receives = settings
             ready = 0
-            if queue[0] == Queue.OnTimeout.REQUEUE:
-                params["max_receives"] = queue[1]
+            if on_timeout == Queue.OnTimeout.REQUEUE:
+                params["max_receives"] = max_receives
                 cursor.execute(_SQLITE_HISTORY, params)
                 cursor.execute(_SQLITE_TO_READY, params)
                 ready = cursor.rowcount
-            reason = Message.ReviewReason.MAX_RECEIVES if "max_receives" in params else Message.ReviewReason.TIMEOUT
-            cursor.execute(_SQLITE_TO_REVIEW, {**params, "limit": params["limit"] - ready, "reason": reason})
-            if ready + cursor.rowcount < params["limit"]:
+                params.update(limit=wanted - ready, reason=Message.ReviewReason.MAX_RECEIVES)
+            else:
+                params["reason"] = Message.ReviewReason.TIMEOUT
+            cursor.execute(_SQLITE_TO_REVIEW, params)
+            review = cursor.rowcount
+            if ready + review < wanted:
                 walk.queues.popleft()  # emptied
-            batch.claimed += ready + cursor.rowcount
+            batch.claimed += ready + review
             batch.ready += ready
-            batch.review += cursor.rowcount
+            batch.review += review
     return batch
 
 
@@ -275,7 +280,7 @@ def _batch_postgresql(walk: _Walk, limit: int) -> _Batch:
     fetch(_CLAIM_SETTINGS)
     claimed, ctids = 0, []
     while walk.queues and claimed < limit:
-        queue_id = walk.queues[0]["id"]
+        queue_id = walk.queues[0]
         after = walk.after.get(queue_id)
         params = {"now": walk.now, "queue": queue_id, "limit": limit - claimed, **(after or {})}
         [claim] = fetch(_CLAIM_PG.format(after=_AFTER if after else "TRUE"), params)
@@ -302,7 +307,7 @@ def leases_sweep(
     now = now or timezone.now()
     batch_size = batch_size or app_settings.SWEEP_BATCH
     step = _batch_postgresql if connection.vendor == "postgresql" else _batch_sqlite
-    walk = _Walk(now=db_dt(now), queues=deque(fetch(_DUE_QUEUES, {"now": db_dt(now)})))
+    walk = _Walk(now=db_dt(now), queues=deque(row["id"] for row in fetch(_DUE_QUEUES, {"now": db_dt(now)})))
     result = SweepResult()
     while walk.queues:
         with transaction.atomic():
