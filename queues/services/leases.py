@@ -136,14 +136,19 @@ class SweepResult:
 # back to READY, whose next receive overwrites those fields, also gets its history row. The cost
 # is mostly the index entries these writes make (see migrations 0002 to 0005).
 
-_LEASED = f"{MESSAGE}.status = 'leased' AND {MESSAGE}.queue_id = %(queue)s AND {MESSAGE}.lease_expires_at <= %(now)s"
+
+def _leased(queue: str) -> str:
+    """One queue's leases run out by `now`: a range of message_leased_idx."""
+    return f"{MESSAGE}.status = 'leased' AND {MESSAGE}.queue_id = {queue} AND {MESSAGE}.lease_expires_at <= %(now)s"
+
+
+_LEASED = _leased("%(queue)s")
 
 # The queues with a lease run out by `now`: one probe of message_leased_idx per queue (a scalar
 # subquery, so that no plan reads every leased row to find them).
 _DUE_QUEUES = f"""
 SELECT q.id FROM {QUEUE} AS q
-WHERE (SELECT 1 FROM {MESSAGE} WHERE {MESSAGE}.status = 'leased' AND {MESSAGE}.queue_id = q.id
-         AND {MESSAGE}.lease_expires_at <= %(now)s LIMIT 1) IS NOT NULL
+WHERE (SELECT 1 FROM {MESSAGE} WHERE {_leased("q.id")} LIMIT 1) IS NOT NULL
 ORDER BY q.id
 """
 
