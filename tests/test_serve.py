@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -68,3 +70,84 @@ def test_serve__expired_lease_lands_in_review_with_no_manual_step(served):
     # Ctrl-C stops the web server and the scheduler together, cleanly.
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=40) == 0
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
+    reason="needs DATABASE_URL=postgres://...: serve runs gevent workers on PostgreSQL only",
+)
+def test_serve__gevent_worker_serves_more_long_polls_than_the_pool_has_connections(tmp_path):
+    """On PostgreSQL `serve` runs gevent; a waiting long poll gives its connection back, so others go on."""
+    with live.fresh_database(tmp_path) as database_url:
+        env = live.project_env(database_url, WONDERQ_DB_POOL_MIN="1", WONDERQ_DB_POOL_MAX="2")
+        env.pop("REDIS_URL", None)
+        port = live.free_port()
+        base = f"http://127.0.0.1:{port}/api/v1"
+        args = [sys.executable, "manage.py", "serve", "--no-scheduler", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+        with live.process(args, env, f"{base}/health/", stderr=subprocess.PIPE, text=True) as server:
+            token = live.manage(env, "create_token", "e2e").strip()
+            assert _call(f"{base}/queues/", token, {"name": "polled"})[0] == 201
+
+            polls: list[tuple[int, dict]] = []
+            threads = [
+                threading.Thread(
+                    target=lambda: polls.append(
+                        _call(f"{base}/queues/polled/receive/", token, {"wait_seconds": 4, "consumer": "poller"})
+                    )
+                )
+                for _ in range(6)  # three times the pool
+            ]
+            for thread in threads:
+                thread.start()
+            time.sleep(1)  # every poll is waiting now
+            started = time.monotonic()
+            assert _call(f"{base}/queues/polled/messages/", token, {"body": "for a poller"})[0] == 201
+            status, listing = _call(f"{base}/queues/", token)
+            answered_in = time.monotonic() - started
+            for thread in threads:
+                thread.join(timeout=15)
+
+            assert status == 200 and [q["name"] for q in listing] == ["polled"]
+            # Had the six polls kept their connections, the send would wait for one until they end (3 s).
+            assert answered_in < 1.5, f"send and list took {answered_in:.2f} s beside six long polls"
+            assert sorted(code for code, _ in polls) == [200] * 6
+            bodies = [m["body"] for _, body in polls for m in body["messages"]]
+            assert bodies == ["for a poller"]
+        assert "1 gevent workers x 100 connections" in server.stderr.read()
+
+
+def _worker_class(database_url: str, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_DEBUG": "1", **extra}
+    if "WONDERQ_WORKER_CLASS" not in extra:
+        env.pop("WONDERQ_WORKER_CLASS", None)
+    code = "from django.conf import settings; print(settings.WONDERQ_WORKER_CLASS)"
+    return subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=live.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [("sqlite:///{tmp}/db.sqlite3", "gthread"), ("postgres://nobody@127.0.0.1:1/none", "gevent")],
+    ids=["sqlite-gthread", "postgresql-gevent"],
+)
+def test_worker_class__chosen_by_database(tmp_path, database_url, expected):
+    # Reading the setting opens no connection, so the PostgreSQL URL need not lead anywhere.
+    run = _worker_class(database_url.format(tmp=tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("gevent", "WONDERQ_WORKER_CLASS=gevent needs PostgreSQL"), ("sync", "must be gthread or gevent, got 'sync'")],
+)
+def test_worker_class__refused_where_it_would_stall_or_is_unknown(tmp_path, value, message):
+    run = _worker_class(f"sqlite:///{tmp_path / 'db.sqlite3'}", WONDERQ_WORKER_CLASS=value)
+    assert run.returncode != 0
+    assert message in run.stderr

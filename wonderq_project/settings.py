@@ -144,6 +144,22 @@ else:
     raise ImproperlyConfigured(f"DATABASE_URL must be sqlite:// or postgres://, got {_db['ENGINE']}")
 DATABASES = {"default": _db}
 
+# --- Web server (`serve`, `bench`) ------------------------------------------------
+# The gunicorn worker class, chosen by measurement for each database (README, Performance).
+# PostgreSQL: gevent, one greenlet per request, which yields while it waits for the
+# database, Redis or a long poll's sleep. SQLite: gthread, since a writer waits for the
+# database's lock file in a blocking call that would stop every greenlet of its process.
+WONDERQ_WORKER_CLASS = os.environ.get("WONDERQ_WORKER_CLASS") or (
+    "gevent" if _db["ENGINE"] == "wonderq_project.postgresql" else "gthread"
+)
+if WONDERQ_WORKER_CLASS not in {"gthread", "gevent"}:
+    raise ImproperlyConfigured(f"WONDERQ_WORKER_CLASS must be gthread or gevent, got {WONDERQ_WORKER_CLASS!r}.")
+if WONDERQ_WORKER_CLASS == "gevent" and _db["ENGINE"] == "wonderq_project.sqlite3":
+    raise ImproperlyConfigured(
+        "WONDERQ_WORKER_CLASS=gevent needs PostgreSQL: on SQLite a writer waiting for the lock would stop "
+        "every request of its worker. Use gthread."
+    )
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (rate-limit counters, authentication cache) ---------------------------

@@ -103,6 +103,18 @@ def send_answer(queue: Queue, messages: list[services.OutgoingMessage]) -> dict:
     return {"ids": [m.id for m in sent], "messages": [{"id": m.id, "duplicate": m.duplicate} for m in sent]}
 
 
+def _wait_without_connection(seconds: float) -> None:
+    """Sleep between a long poll's tries with the database connection back in the pool.
+
+    A long poll holds its request for up to MAX_WAIT_SECONDS, and a gevent worker serves more
+    requests at once than its pool has connections: those that wait must not keep one.
+    (SQLite's connection stays: closing it would checkpoint the WAL.)
+    """
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        connection.close()
+    time.sleep(seconds)
+
+
 def receive_answer(queue: Queue, user, params: dict) -> dict:
     """Lease up to max_messages, polling until wait_seconds are up; the 200 body (ReceiveOut)."""
     deadline = time.monotonic() + params["wait_seconds"]
@@ -118,7 +130,7 @@ def receive_answer(queue: Queue, user, params: dict) -> dict:
         remaining = deadline - time.monotonic()
         if messages or remaining <= 0:
             break
-        time.sleep(min(app_settings.POLL_INTERVAL, remaining))
+        _wait_without_connection(min(app_settings.POLL_INTERVAL, remaining))
     # The service's rows are already the documented shape (ReceiveOut). Timestamps are
     # written here as DRF's DateTimeField writes them, the lease's once for the batch.
     if messages:

@@ -8,7 +8,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -25,6 +24,7 @@ from django.utils import timezone
 from queues.bench import load
 from queues.bench.data import expired_leases_create
 from queues.bench.report import svg_chart, table
+from queues.management.gunicorn import gunicorn_command
 from queues.services import leases_sweep, queue_create, token_create
 
 
@@ -165,9 +165,15 @@ class Command(BaseCommand):
         parser.add_argument("--url", help="Benchmark a running server (its /api/v1 base URL); needs --token.")
         parser.add_argument("--token", help="API token for --url.")
         parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2).")
-        parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4).")
+        parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker (default 4).")
         parser.add_argument(
-            "--worker-class", default="gthread", help="gunicorn worker class (default gthread; sync to compare)."
+            "--connections", type=int, default=100, help="requests a gevent worker serves at once (default 100)."
+        )
+        parser.add_argument(
+            "--worker-class",
+            default=settings.WONDERQ_WORKER_CLASS,
+            help="gunicorn worker class (default WONDERQ_WORKER_CLASS: gevent on PostgreSQL, gthread on SQLite; "
+            "sync to compare).",
         )
         parser.add_argument("--producers", type=int, default=2, help="producer processes (default 2).")
         # Five consumers to two producers: a message costs a consumer two requests (receive, ack),
@@ -193,8 +199,11 @@ class Command(BaseCommand):
             raise CommandError("--batch takes comma-separated whole numbers, e.g. 1,10,100") from None
         if not batches or any(not 1 <= b <= 100 for b in batches):
             raise CommandError("each batch size must be between 1 and 100")
-        if opts["duration"] <= 0 or min(opts["producers"], opts["consumers"], opts["workers"], opts["runs"]) < 1:
-            raise CommandError("--duration, --producers, --consumers, --workers and --runs must be positive")
+        counts = ("producers", "consumers", "workers", "runs", "threads", "connections")
+        if opts["duration"] <= 0 or min(opts[name] for name in counts) < 1:
+            raise CommandError(
+                "--duration, --producers, --consumers, --workers, --threads, --connections and --runs must be positive"
+            )
         if opts["url"] and not opts["token"]:
             raise CommandError("--url needs --token")
 
@@ -203,7 +212,7 @@ class Command(BaseCommand):
             base, token = opts["url"].rstrip("/"), opts["token"]
         else:
             call_command("migrate", interactive=False, verbosity=0)
-            server, base = self._start_server(opts["workers"], opts["threads"], opts["worker_class"])
+            server, base = self._start_server(opts)
             from django.contrib.auth import get_user_model
 
             user, _ = get_user_model().objects.get_or_create(username="bench")
@@ -219,13 +228,20 @@ class Command(BaseCommand):
                 server.wait(timeout=30)
         self._write(results, opts)
 
-    def _start_server(self, workers: int, threads: int, worker_class: str):
+    def _start_server(self, opts: dict):
         port = _free_port()
+        workers, worker_class = opts["workers"], opts["worker_class"]
         cmd = [
-            sys.executable, "-m", "gunicorn", "wonderq_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "--threads", str(threads), "--worker-class", worker_class,
-            "--log-level", "warning",
-        ]  # fmt: skip
+            *gunicorn_command(
+                bind=f"127.0.0.1:{port}",
+                workers=workers,
+                worker_class=worker_class,
+                threads=opts["threads"],
+                connections=opts["connections"],
+            ),
+            "--log-level",
+            "warning",
+        ]
         # The limiter still counts every request; its budget is just larger than the load.
         # The server runs as in production: DEBUG off (no query log), whatever the caller has.
         env = {
@@ -245,7 +261,8 @@ class Command(BaseCommand):
         else:
             server.kill()
             raise CommandError("gunicorn did not start within 30 s")
-        self.stderr.write(f"gunicorn: {workers} {worker_class} workers x {threads} threads on {base}")
+        per_worker = f"{opts['connections']} connections" if worker_class == "gevent" else f"{opts['threads']} threads"
+        self.stderr.write(f"gunicorn: {workers} {worker_class} workers x {per_worker} on {base}")
         return server, base
 
     def _phase(self, base: str, token: str, batch: int, opts: dict, server, run: int = 0) -> dict:
@@ -351,6 +368,7 @@ class Command(BaseCommand):
             "database": engine,
             "workers": opts["workers"],
             "threads": opts["threads"],
+            "connections": opts["connections"],
             "producers": opts["producers"],
             "consumers": opts["consumers"],
             "worker_class": opts["worker_class"],

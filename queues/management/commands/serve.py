@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from queues.management.gunicorn import gunicorn_command
+
 
 class Command(BaseCommand):
     help = (
@@ -26,31 +28,29 @@ class Command(BaseCommand):
             "--threads",
             type=int,
             default=int(os.environ.get("WONDERQ_THREADS", "8")),
-            help="Threads per worker; long-polling receives each hold one while they wait.",
+            help="Threads per gthread worker (SQLite); long-polling receives each hold one while they wait.",
+        )
+        parser.add_argument(
+            "--connections",
+            type=int,
+            default=int(os.environ.get("WONDERQ_WORKER_CONNECTIONS", "100")),
+            help="Requests a gevent worker (PostgreSQL) serves at once, long polls included.",
         )
         parser.add_argument("--no-scheduler", action="store_true", help="Run the web server only.")
         parser.add_argument("--no-migrate", action="store_true", help="Skip migrate.")
 
-    def handle(self, *args, bind, workers, threads, no_scheduler, no_migrate, verbosity, **options):
-        if workers < 1 or threads < 1:
-            raise CommandError("--workers and --threads must be at least 1")
+    def handle(self, *args, bind, workers, threads, connections, no_scheduler, no_migrate, verbosity, **options):
+        if min(workers, threads, connections) < 1:
+            raise CommandError("--workers, --threads and --connections must be at least 1")
+        worker_class = settings.WONDERQ_WORKER_CLASS
         if not no_migrate:
             call_command("migrate", interactive=False, verbosity=max(0, verbosity - 1))
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         commands = {
             "web": [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "wonderq_project.wsgi:application",
-                "--bind",
-                bind,
-                "--workers",
-                str(workers),
-                "--threads",
-                str(threads),
-                "--worker-class",
-                "gthread",
+                *gunicorn_command(
+                    bind=bind, workers=workers, worker_class=worker_class, threads=threads, connections=connections
+                ),
                 "--access-logfile",
                 "-",
                 "--graceful-timeout",
@@ -61,7 +61,11 @@ class Command(BaseCommand):
             commands["scheduler"] = [*manage, "qcluster"]
         # Our own interpreter and fixed arguments: nothing here comes from a request.
         children = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR) for name, cmd in commands.items()}  # noqa: S603
-        self.stderr.write(f"WonderQ on http://{bind}/ (API /api/v1/, admin /admin/); Ctrl-C stops.")
+        per_worker = f"{connections} connections" if worker_class == "gevent" else f"{threads} threads"
+        self.stderr.write(
+            f"WonderQ on http://{bind}/ (API /api/v1/, admin /admin/), {workers} {worker_class} workers x "
+            f"{per_worker}; Ctrl-C stops."
+        )
 
         stopping = False
 

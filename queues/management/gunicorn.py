@@ -1,0 +1,18 @@
+"""The gunicorn command line that `serve` and `bench` both start."""
+
+from __future__ import annotations
+
+import sys
+
+
+def gunicorn_command(*, bind: str, workers: int, worker_class: str, threads: int, connections: int) -> list[str]:
+    """gunicorn serving the project's WSGI app: `threads` per gthread worker, or `connections` per gevent one.
+
+    A gevent worker patches the standard library before it loads the app, so nothing of ours
+    is imported in gunicorn's master (no --preload).
+    """
+    per_worker = ["--worker-connections", str(connections)] if worker_class == "gevent" else ["--threads", str(threads)]
+    return [
+        sys.executable, "-m", "gunicorn", "wonderq_project.wsgi:application", "--bind", bind,
+        "--workers", str(workers), "--worker-class", worker_class, *per_worker,
+    ]  # fmt: skip
