@@ -151,3 +151,21 @@ def test_worker_class__refused_where_it_would_stall_or_is_unknown(tmp_path, valu
     run = _worker_class(f"sqlite:///{tmp_path / 'db.sqlite3'}", WONDERQ_WORKER_CLASS=value)
     assert run.returncode != 0
     assert message in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "flag"),
+    [
+        ("WONDERQ_WORKERS", "--workers"),
+        ("WONDERQ_THREADS", "--threads"),
+        ("WONDERQ_WORKER_CONNECTIONS", "--connections"),
+    ],
+)
+def test_serve__a_bad_number_in_the_environment_is_named_like_a_bad_flag(tmp_path, variable, flag):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "DJANGO_DEBUG": "1", variable: "many"}
+    run = subprocess.run(
+        [sys.executable, "manage.py", "serve"], cwd=live.ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode != 0
+    assert f"argument {flag}: invalid int value: 'many'" in run.stderr
+    assert not (tmp_path / "db.sqlite3").exists()  # stopped before migrating anything

@@ -5,6 +5,11 @@ from __future__ import annotations
 import sys
 
 
+def per_worker(*, worker_class: str, threads: int, connections: int) -> str:
+    """How many requests a worker serves at once, as the commands report it."""
+    return f"{connections} connections" if worker_class == "gevent" else f"{threads} threads"
+
+
 def gunicorn_command(*, bind: str, workers: int, worker_class: str, threads: int, connections: int) -> list[str]:
     """gunicorn serving the project's WSGI app: `threads` per gthread worker, or `connections` per gevent one.
 

@@ -24,7 +24,7 @@ from django.utils import timezone
 from queues.bench import load
 from queues.bench.data import expired_leases_create
 from queues.bench.report import svg_chart, table
-from queues.management.gunicorn import gunicorn_command
+from queues.management.gunicorn import gunicorn_command, per_worker
 from queues.services import leases_sweep, queue_create, token_create
 
 
@@ -261,8 +261,8 @@ class Command(BaseCommand):
         else:
             server.kill()
             raise CommandError("gunicorn did not start within 30 s")
-        per_worker = f"{opts['connections']} connections" if worker_class == "gevent" else f"{opts['threads']} threads"
-        self.stderr.write(f"gunicorn: {workers} {worker_class} workers x {per_worker} on {base}")
+        each = per_worker(worker_class=worker_class, threads=opts["threads"], connections=opts["connections"])
+        self.stderr.write(f"gunicorn: {workers} {worker_class} workers x {each} on {base}")
         return server, base
 
     def _phase(self, base: str, token: str, batch: int, opts: dict, server, run: int = 0) -> dict:

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from queues.management.gunicorn import gunicorn_command
+from queues.management.gunicorn import gunicorn_command, per_worker
 
 
 class Command(BaseCommand):
@@ -22,18 +22,20 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        # String defaults from the environment go through `type` like a flag would, so a bad
+        # WONDERQ_THREADS is reported as "argument --threads: invalid int value".
         parser.add_argument("--bind", default=os.environ.get("WONDERQ_BIND", "127.0.0.1:8000"), help="host:port")
-        parser.add_argument("--workers", type=int, default=int(os.environ.get("WONDERQ_WORKERS", "2")))
+        parser.add_argument("--workers", type=int, default=os.environ.get("WONDERQ_WORKERS", "2"))
         parser.add_argument(
             "--threads",
             type=int,
-            default=int(os.environ.get("WONDERQ_THREADS", "8")),
+            default=os.environ.get("WONDERQ_THREADS", "8"),
             help="Threads per gthread worker (SQLite); long-polling receives each hold one while they wait.",
         )
         parser.add_argument(
             "--connections",
             type=int,
-            default=int(os.environ.get("WONDERQ_WORKER_CONNECTIONS", "100")),
+            default=os.environ.get("WONDERQ_WORKER_CONNECTIONS", "100"),
             help="Requests a gevent worker (PostgreSQL) serves at once, long polls included.",
         )
         parser.add_argument("--no-scheduler", action="store_true", help="Run the web server only.")
@@ -61,10 +63,10 @@ class Command(BaseCommand):
             commands["scheduler"] = [*manage, "qcluster"]
         # Our own interpreter and fixed arguments: nothing here comes from a request.
         children = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR) for name, cmd in commands.items()}  # noqa: S603
-        per_worker = f"{connections} connections" if worker_class == "gevent" else f"{threads} threads"
+        each = per_worker(worker_class=worker_class, threads=threads, connections=connections)
         self.stderr.write(
-            f"WonderQ on http://{bind}/ (API /api/v1/, admin /admin/), {workers} {worker_class} workers x "
-            f"{per_worker}; Ctrl-C stops."
+            f"WonderQ on http://{bind}/ (API /api/v1/, admin /admin/), {workers} {worker_class} workers x {each}; "
+            "Ctrl-C stops."
         )
 
         stopping = False
