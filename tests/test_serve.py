@@ -169,3 +169,48 @@ def test_serve__a_bad_number_in_the_environment_is_named_like_a_bad_flag(tmp_pat
     assert run.returncode != 0
     assert f"argument {flag}: invalid int value: 'many'" in run.stderr
     assert not (tmp_path / "db.sqlite3").exists()  # stopped before migrating anything
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
+    reason="needs DATABASE_URL=postgres://...: the connection pool is PostgreSQL's",
+)
+def test_serve__a_request_that_waits_too_long_for_a_pooled_connection_answers_503_and_changes_nothing(tmp_path):
+    import psycopg
+
+    with live.fresh_database(tmp_path) as database_url:
+        env = live.project_env(
+            database_url, WONDERQ_DB_POOL_MIN="1", WONDERQ_DB_POOL_MAX="1", WONDERQ_DB_POOL_TIMEOUT="1"
+        )
+        env.pop("REDIS_URL", None)
+        port = live.free_port()
+        base = f"http://127.0.0.1:{port}/api/v1"
+        args = [sys.executable, "manage.py", "serve", "--no-scheduler", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+        with live.process(args, env, f"{base}/health/"):
+            token = live.manage(env, "create_token", "e2e").strip()
+            assert _call(f"{base}/queues/", token, {"name": "busy"})[0] == 201
+            with psycopg.connect(database_url) as blocker:
+                # The send takes the pool's only connection and waits on this lock with it.
+                blocker.execute("LOCK TABLE queues_message IN EXCLUSIVE MODE")
+                sends: list[tuple[int, dict]] = []
+                sender = threading.Thread(
+                    target=lambda: sends.append(_call(f"{base}/queues/busy/messages/", token, {"body": "held"}))
+                )
+                sender.start()
+                time.sleep(0.5)
+                request = urllib.request.Request(
+                    f"{base}/queues/busy/messages/", data=json.dumps({"body": "turned away"}).encode()
+                )
+                request.add_header("Content-Type", "application/json")
+                request.add_header("Authorization", f"Token {token}")
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(request, timeout=10)
+                blocker.commit()  # the lock goes; the held send goes on
+            sender.join(timeout=10)
+
+            assert refused.value.code == 503
+            assert refused.value.headers["Retry-After"] == "1"
+            assert json.loads(refused.value.read())["code"] == "busy"
+            assert sends and sends[0][0] == 201
+            status, received = _call(f"{base}/queues/busy/receive/", token, {"max_messages": 10})
+            assert status == 200 and [m["body"] for m in received["messages"]] == ["held"]

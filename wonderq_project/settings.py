@@ -125,7 +125,8 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
         "pool": {
             "min_size": int(os.environ.get("WONDERQ_DB_POOL_MIN", "1")),
             "max_size": int(os.environ.get("WONDERQ_DB_POOL_MAX", "10")),
-            "timeout": 10,
+            # Seconds a request waits for a free connection before it answers 503 (queues.api.errors).
+            "timeout": float(os.environ.get("WONDERQ_DB_POOL_TIMEOUT", "10")),
         },
     }
     _db["CONN_MAX_AGE"] = 0  # the pool keeps connections; Django must not.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views import defaults
 from django_ratelimit.exceptions import Ratelimited
 from rest_framework import status
@@ -11,6 +13,11 @@ from rest_framework.exceptions import APIException, Throttled
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from queues.api.parsers import RequestTooLarge
+
+try:
+    from psycopg_pool import PoolTimeout
+except ImportError:  # pragma: no cover - psycopg[pool] is a runtime dependency
+    PoolTimeout = None
 
 
 def exception_handler(exc, context):
@@ -64,8 +71,30 @@ permission_denied = _api_error(403)
 page_not_found = _api_error(404)
 
 
+def _database_busy() -> bool:
+    """Whether the error being handled is the connection pool's: no connection free within its timeout."""
+    exc = sys.exc_info()[1]
+    if PoolTimeout is None or exc is None:
+        return False
+    return isinstance(exc, PoolTimeout) or isinstance(exc.__cause__, PoolTimeout)
+
+
 def server_error(request):
-    """500 as JSON under /api/ (clients parse every answer as JSON), Django's page elsewhere."""
+    """500 as JSON under /api/ (clients parse every answer as JSON), Django's page elsewhere.
+
+    A request that waited WONDERQ_DB_POOL_TIMEOUT for a pooled connection answers 503 with
+    Retry-After instead: the server is overloaded, not broken, and nothing was changed.
+    """
+    if _database_busy():
+        if request.path_info.startswith(_API_PREFIX):
+            response = JsonResponse(
+                {"detail": "The database is busy: no connection came free in time. Retry shortly.", "code": "busy"},
+                status=503,
+            )
+        else:
+            response = HttpResponse("The database is busy. Retry shortly.", content_type="text/plain", status=503)
+        response["Retry-After"] = "1"
+        return response
     if request.path_info.startswith(_API_PREFIX):
         return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)
     return defaults.server_error(request)
