@@ -8,16 +8,12 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse
 from django.views import defaults
 from django_ratelimit.exceptions import Ratelimited
+from psycopg_pool import PoolTimeout
 from rest_framework import status
 from rest_framework.exceptions import APIException, Throttled
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from queues.api.parsers import RequestTooLarge
-
-try:
-    from psycopg_pool import PoolTimeout
-except ImportError:  # pragma: no cover - psycopg[pool] is a runtime dependency
-    PoolTimeout = None
 
 
 def exception_handler(exc, context):
@@ -74,9 +70,7 @@ page_not_found = _api_error(404)
 def _database_busy() -> bool:
     """Whether the error being handled is the connection pool's: no connection free within its timeout."""
     exc = sys.exc_info()[1]
-    if PoolTimeout is None or exc is None:
-        return False
-    return isinstance(exc, PoolTimeout) or isinstance(exc.__cause__, PoolTimeout)
+    return isinstance(exc, PoolTimeout) or isinstance(getattr(exc, "__cause__", None), PoolTimeout)
 
 
 def server_error(request):
