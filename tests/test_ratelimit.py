@@ -8,6 +8,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework.test import APIClient
 
 from tests import live
@@ -174,3 +175,15 @@ def test_rate_counter__admits_exactly_the_limit_in_one_process(settings, user, q
         else:
             answers.append(api.get(URL).status_code)
     assert answers == [200] * limit + [429] * 20
+
+
+def test_xdist_workers__each_counts_in_a_redis_database_of_its_own():
+    # Under `pytest -n N` the workers' test databases hand out the same token ids, so a shared Redis
+    # would put two workers' tests on one rate counter (test_settings moves each worker's REDIS_URL).
+    from wonderq_project.test_settings import _redis_url_for_xdist_worker as url_for
+
+    assert url_for("redis://127.0.0.1:6379/0", "gw0") == "redis://127.0.0.1:6379/1"
+    assert url_for("redis://127.0.0.1:6379", "gw1") == "redis://127.0.0.1:6379/2"
+    assert url_for("redis://:secret@cache.internal:6380/4", "gw2") == "redis://:secret@cache.internal:6380/7"
+    with pytest.raises(ImproperlyConfigured, match="worker gw15 needs Redis database 16"):
+        url_for("redis://127.0.0.1:6379/0", "gw15")
