@@ -23,5 +23,7 @@ class QueuesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from queues import checks  # noqa: F401 (registers them)
+
         # After every migrate the schedules exist, so a fresh install sweeps without a manual step.
         post_migrate.connect(_setup_schedules, sender=self, dispatch_uid="wonderq_schedules")

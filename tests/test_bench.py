@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from queues.management.commands.bench import _is_local_host, sweep_cpu_clock
+from queues.management.commands.bench import _is_local_host, _postgresql_settings, sweep_cpu_clock
 from tests.conftest import requires_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,3 +71,15 @@ def test_sweep_cpu_clock__reads_the_cpu_time_of_this_connections_postgresql_back
 def test_is_local_host__loopback_and_sockets_only(host, local):
     """/proc shows the backend only for a server on this machine; elsewhere the sweep's CPU is not reported."""
     assert _is_local_host(host) is local
+
+
+@requires_postgres
+@pytest.mark.django_db
+def test_postgresql_settings__recorded_with_the_figures_they_move():
+    recorded = _postgresql_settings()
+    names = {"server_version", "autovacuum", "shared_buffers", "synchronous_commit", "fsync", "max_wal_size"}
+    assert set(recorded) == names
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW shared_buffers")
+        assert recorded["shared_buffers"] == cursor.fetchone()[0]
+    assert recorded["autovacuum"] in ("on", "off")

@@ -113,7 +113,14 @@ def test_serve__gevent_worker_serves_more_long_polls_than_the_pool_has_connectio
             assert sorted(code for code, _ in polls) == [200] * 6
             bodies = [m["body"] for _, body in polls for m in body["messages"]]
             assert bodies == ["for a poller"]
-        assert "1 gevent workers x 100 connections" in server.stderr.read()
+        stderr = server.stderr.read()
+        assert "1 gevent workers x 100 connections" in stderr
+        # The database's own warnings are given at startup (queues.checks).
+        import psycopg
+
+        with psycopg.connect(database_url) as conn:
+            [(autovacuum,)] = conn.execute("SHOW autovacuum").fetchall()
+        assert ("queues.W001" in stderr) == (autovacuum == "off"), stderr[-2000:]
 
 
 def _worker_class(database_url: str, **extra: str) -> subprocess.CompletedProcess:

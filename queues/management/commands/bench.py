@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
@@ -76,6 +77,16 @@ def _cpu_seconds(pid: int) -> float | None:
 def _is_local_host(host: str) -> bool:
     """Whether a database HOST setting names this machine: a loopback address or a Unix socket (empty or a path)."""
     return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+
+
+_PG_SETTINGS = ("server_version", "autovacuum", "shared_buffers", "synchronous_commit", "fsync", "max_wal_size")
+
+
+def _postgresql_settings() -> dict[str, str]:
+    """The server settings that move these figures most, as PostgreSQL shows them."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, current_setting(name) FROM unnest(%s::text[]) AS name", [list(_PG_SETTINGS)])
+        return dict(cursor.fetchall())
 
 
 def sweep_cpu_clock() -> tuple[str, Callable[[], float | None]] | None:
@@ -212,6 +223,8 @@ class Command(BaseCommand):
             base, token = opts["url"].rstrip("/"), opts["token"]
         else:
             call_command("migrate", interactive=False, verbosity=0)
+            # Said before the figures it would explain (queues.checks: autovacuum off on PostgreSQL).
+            self.check(databases=[connection.alias], tags=[Tags.database])
             server, base = self._start_server(opts)
             from django.contrib.auth import get_user_model
 
@@ -378,6 +391,8 @@ class Command(BaseCommand):
             "cpus": os.cpu_count(),
             "when": timezone.now().isoformat(),
         }
+        if engine == "postgresql" and not opts["url"]:
+            meta["postgresql"] = _postgresql_settings()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         (folder / f"bench-{engine}-{stamp}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
         title = f"WonderQ end to end on {engine}, {opts['workers']} workers, {os.cpu_count()} CPUs"

@@ -9,8 +9,10 @@ import sys
 import time
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS
 
 from queues.management.gunicorn import gunicorn_command, per_worker
 
@@ -47,6 +49,8 @@ class Command(BaseCommand):
         worker_class = settings.WONDERQ_WORKER_CLASS
         if not no_migrate:
             call_command("migrate", interactive=False, verbosity=max(0, verbosity - 1))
+        # What only the database can tell (queues.checks: autovacuum off on PostgreSQL), said at startup.
+        self.check(databases=[DEFAULT_DB_ALIAS], tags=[Tags.database])
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         commands = {
             "web": [
