@@ -1,5 +1,5 @@
-"""System checks that read the database: `migrate` runs them (and so `serve` and `bench`), as does
-`check --database default`."""
+"""System checks that read the database: `migrate`, `serve` and `bench` run them at startup, as
+does `check --database default` (plain `check` names no database and skips them)."""
 
 from __future__ import annotations
 
