@@ -1,4 +1,4 @@
-"""System checks that read the database: `migrate`, `serve` and `bench` run them at startup, as
+"""System checks that read the database: `migrate`, `serve` (after it migrates) and `bench` run them, as
 does `check --database default` (plain `check` names no database and skips them)."""
 
 from __future__ import annotations

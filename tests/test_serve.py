@@ -221,3 +221,25 @@ def test_serve__a_request_that_waits_too_long_for_a_pooled_connection_answers_50
             assert sends and sends[0][0] == 201
             status, received = _call(f"{base}/queues/busy/receive/", token, {"max_messages": 10})
             assert status == 200 and [m["body"] for m in received["messages"]] == ["held"]
+
+
+def test_serve__no_migrate_starts_without_touching_the_database(tmp_path):
+    """With --no-migrate, serve runs no database check either: it starts while the database is down."""
+    unreachable = f"postgres://postgres@127.0.0.1:{live.free_port()}/nothing"  # nothing listens there
+    env = live.project_env(unreachable, WONDERQ_DB_POOL_TIMEOUT="1")
+    env.pop("REDIS_URL", None)
+    port = live.free_port()
+    args = [sys.executable, "manage.py", "serve", "--no-migrate", "--no-scheduler", "--bind", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(args, cwd=live.ROOT, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.monotonic() + 30, None
+        while answer is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                answer = _call(f"http://127.0.0.1:{port}/api/v1/health/")
+            except OSError:
+                time.sleep(0.2)
+        assert answer == (503, {"status": "unavailable"}), server.stderr.read() if server.poll() is not None else answer
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGINT)
+            server.wait(timeout=40)

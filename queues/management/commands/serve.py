@@ -49,8 +49,9 @@ class Command(BaseCommand):
         worker_class = settings.WONDERQ_WORKER_CLASS
         if not no_migrate:
             call_command("migrate", interactive=False, verbosity=max(0, verbosity - 1))
-        # What only the database can tell (queues.checks: autovacuum off on PostgreSQL), said at startup.
-        self.check(databases=[DEFAULT_DB_ALIAS], tags=[Tags.database])
+            # What only the database can tell (queues.checks: autovacuum off on PostgreSQL). Not with
+            # --no-migrate: that serve starts without touching the database, as it always has.
+            self.check(databases=[DEFAULT_DB_ALIAS], tags=[Tags.database])
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         commands = {
             "web": [
