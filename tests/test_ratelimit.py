@@ -184,6 +184,10 @@ def test_xdist_workers__each_counts_in_a_redis_database_of_its_own():
 
     assert url_for("redis://127.0.0.1:6379/0", "gw0") == "redis://127.0.0.1:6379/1"
     assert url_for("redis://127.0.0.1:6379", "gw1") == "redis://127.0.0.1:6379/2"
-    assert url_for("redis://:secret@cache.internal:6380/4", "gw2") == "redis://:secret@cache.internal:6380/7"
+    assert url_for("rediss://:secret@cache.internal:6380/4", "gw2") == "rediss://:secret@cache.internal:6380/7"
+    # redis-py takes a `db` query value over the path; a unix socket has only the query.
+    assert url_for("redis://127.0.0.1:6379/0?db=3", "gw0") == "redis://127.0.0.1:6379/0?db=4"
+    assert url_for("unix:///run/redis.sock", "gw1") == "unix:///run/redis.sock?db=2"
+    assert url_for("unix:///run/redis.sock?db=5&password=x", "gw0") == "unix:///run/redis.sock?db=6&password=x"
     with pytest.raises(ImproperlyConfigured, match="worker gw15 needs Redis database 16"):
         url_for("redis://127.0.0.1:6379/0", "gw15")

@@ -1,7 +1,8 @@
-"""Settings for the test suite: the real settings, with a throwaway secret key."""
+"""Settings for the test suite: the real settings, with a throwaway secret key (and, under pytest-xdist,
+a Redis database for each worker)."""
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -14,13 +15,20 @@ def _redis_url_for_xdist_worker(url: str, worker: str) -> str:
     pytest-xdist gives each worker its own test database, and so the same user and token ids:
     sharing Redis, two workers would count each other's requests against one rate budget, and
     each test's cache.clear() (a FLUSHDB) would wipe what the other worker's test had counted.
+    The database is where redis-py reads it: a `db` query value first (the only place a
+    unix:// URL has one), else the path.
     """
     parts = urlsplit(url)
-    database = int(parts.path.strip("/") or 0) + 1 + int(worker.removeprefix("gw"))
+    query = parse_qs(parts.query)
+    in_query = "db" in query or parts.scheme == "unix"
+    base = query.get("db", ["0"])[0] if in_query else parts.path.strip("/") or "0"
+    database = int(base) + 1 + int(worker.removeprefix("gw"))
     if database > 15:
         raise ImproperlyConfigured(
             f"pytest-xdist worker {worker} needs Redis database {database}; a default Redis has 0 to 15"
         )
+    if in_query:  # (urlunsplit would drop the empty host of unix:///path)
+        return url.partition("?")[0] + "?" + urlencode({**query, "db": [str(database)]}, doseq=True)
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
