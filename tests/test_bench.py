@@ -77,7 +77,15 @@ def test_is_local_host__loopback_and_sockets_only(host, local):
 @pytest.mark.django_db
 def test_postgresql_settings__recorded_with_the_figures_they_move():
     recorded = _postgresql_settings()
-    names = {"server_version", "autovacuum", "shared_buffers", "synchronous_commit", "fsync", "max_wal_size"}
+    names = {
+        "server_version",
+        "autovacuum",
+        "track_counts",
+        "shared_buffers",
+        "synchronous_commit",
+        "fsync",
+        "max_wal_size",
+    }
     assert set(recorded) == names
     with connection.cursor() as cursor:
         cursor.execute("SHOW shared_buffers")

@@ -79,7 +79,15 @@ def _is_local_host(host: str) -> bool:
     return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
 
 
-_PG_SETTINGS = ("server_version", "autovacuum", "shared_buffers", "synchronous_commit", "fsync", "max_wal_size")
+_PG_SETTINGS = (
+    "server_version",
+    "autovacuum",
+    "track_counts",
+    "shared_buffers",
+    "synchronous_commit",
+    "fsync",
+    "max_wal_size",
+)
 
 
 def _postgresql_settings() -> dict[str, str]:
