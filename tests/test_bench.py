@@ -77,17 +77,8 @@ def test_is_local_host__loopback_and_sockets_only(host, local):
 @pytest.mark.django_db
 def test_postgresql_settings__recorded_with_the_figures_they_move():
     recorded = _postgresql_settings()
-    names = {
-        "server_version",
-        "autovacuum",
-        "track_counts",
-        "shared_buffers",
-        "synchronous_commit",
-        "fsync",
-        "max_wal_size",
-    }
-    assert set(recorded) == names
+    assert {"autovacuum", "track_counts", "shared_buffers", "synchronous_commit"} <= set(recorded)
     with connection.cursor() as cursor:
-        cursor.execute("SHOW shared_buffers")
-        assert recorded["shared_buffers"] == cursor.fetchone()[0]
-    assert recorded["autovacuum"] in ("on", "off")
+        for name, value in recorded.items():  # each as PostgreSQL shows it
+            cursor.execute(f"SHOW {name}")
+            assert cursor.fetchone()[0] == value, name
