@@ -115,10 +115,11 @@ def test_message_send__dedup_is_per_queue(queue, requeue_queue):
     assert a != b
 
 
-# Text that array literals, JSON and SQL quoting treat specially: a batch is sent as one array per column
-# on PostgreSQL, so each must come back exactly as sent, in its place.
+# Text that array literals, JSON and SQL quoting treat specially: a batch is sent as one JSON document
+# on PostgreSQL (one array per column before), so each must come back exactly as sent, in its place.
 AWKWARD = ["NULL", "null", "", '{"a": [1, 2]}', 'a"b', "back\\slash", "x,y", "{}", "  padded  ", "new\nline",
-           "é ✓ 😀", "\t", "'; DROP TABLE queues_message; --", "(1, 2)", "\\N"]  # fmt: skip
+           "é ✓ 😀", "\t", "'; DROP TABLE queues_message; --", "(1, 2)", "\\N", "\\u0041", "\x01\x7f",
+           "\u2028\u2029", "[]", '"quoted"']  # fmt: skip
 
 
 @pytest.mark.parametrize("prepared", [True, False], ids=["server-binding", "client-binding"])

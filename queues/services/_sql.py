@@ -66,11 +66,22 @@ if psycopg is not None:
     class _FreshPlanCursor(psycopg.Cursor):
         """Binds on the server but never prepares: PostgreSQL plans each run for its own values."""
 
+        results_binary = False
+
         def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=False, binary=binary)
+            return super().execute(query, params, prepare=False, binary=binary or self.results_binary)
+
+    class _FreshPlanBinaryCursor(_FreshPlanCursor):
+        """The same, with the rows in binary: psycopg's C loaders read them.
+
+        Types come back as psycopg loads them, not as Django registered for text: jsonb as
+        Python values (py_json takes both), timestamptz aware in the session's time zone.
+        """
+
+        results_binary = True
 
 
-def _cursor(reuse_plan: bool):
+def _cursor(reuse_plan: bool, binary: bool = False):
     """A cursor for the statements here; on PostgreSQL one that binds parameters on the server.
 
     Django's psycopg cursors interpolate parameters in the client, so PostgreSQL plans
@@ -84,13 +95,13 @@ def _cursor(reuse_plan: bool):
     """
     if connection.vendor == "postgresql" and app_settings.PREPARED_STATEMENTS:
         connection.ensure_connection()
-        cursor_class = psycopg.Cursor if reuse_plan else _FreshPlanCursor
+        cursor_class = psycopg.Cursor if reuse_plan else (_FreshPlanBinaryCursor if binary else _FreshPlanCursor)
         # Django's wrapper (query logging, execute_wrappers) around psycopg's binding cursor.
         return connection._prepare_cursor(cursor_class(connection.connection))
     return connection.cursor()
 
 
-def fetch(sql: str, params: Iterable | Mapping = (), *, reuse_plan: bool = False) -> list[dict]:
+def fetch(sql: str, params: Iterable | Mapping = (), *, reuse_plan: bool = False, binary: bool = False) -> list[dict]:
     """Run one statement (positional %s or named %(name)s parameters) and return its rows as dicts.
 
     `reuse_plan=True` is for statements with one possible plan whatever their values (an
@@ -98,8 +109,11 @@ def fetch(sql: str, params: Iterable | Mapping = (), *, reuse_plan: bool = False
     connection. Check the generic plan first (PREPARE, then EXPLAIN EXECUTE with
     plan_cache_mode=force_generic_plan): for the ack, `id = ANY($1) AND queue_id = $2`, it
     chose a scan of the queue's leases over the primary key.
+
+    `binary=True` (a statement planned each run) asks PostgreSQL for binary rows when the
+    parameters are bound on the server: jsonb then comes back loaded, not as text.
     """
-    with _cursor(reuse_plan) as cursor:
+    with _cursor(reuse_plan, binary) as cursor:
         cursor.execute(sql, params if isinstance(params, Mapping) else list(params))
         description = cursor.description  # psycopg builds it anew on each access
         if description is None:
