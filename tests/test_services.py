@@ -77,6 +77,16 @@ def test_message_send__ready_now_or_after_delay(queue):
     assert [m["id"] for m in receive(queue, 10, now=at(10))] == [now_id, later_id]
 
 
+def test_message_send__no_attributes_and_a_fractional_delay_from_python_callers(queue):
+    """The API always passes a dict and an int; a Python caller may pass None and a float."""
+    [message_id] = [s.id for s in message_send(
+        queue=queue, messages=[OutgoingMessage(body="x", attributes=None, delay_seconds=1.5)], now=T0
+    )]  # fmt: skip
+    row = Message.objects.get(id=message_id)
+    assert (row.attributes, row.available_at) == ({}, T0 + dt.timedelta(seconds=1.5))
+    assert receive(queue, 1, now=at(2))[0]["attributes"] == {}
+
+
 def test_message_send__dedup_within_window_returns_first_id(queue):
     [first] = message_send(queue=queue, messages=[OutgoingMessage(body="a", dedup_id="order-1")], now=T0)
     [again] = message_send(queue=queue, messages=[OutgoingMessage(body="b", dedup_id="order-1")], now=at(60))

@@ -103,7 +103,7 @@ def _insert(*, queue_id: int, rows: list[tuple[OutgoingMessage, int]], now: dt.d
         # The batch is one JSON parameter, written by one C call: psycopg dumps a list into an
         # array parameter in Python, element by element (half of a 100-message send's CPU).
         batch = json.dumps(
-            [[m.body, m.attributes, m.dedup_id or None, delay] for m, delay in rows],
+            [[m.body, m.attributes or {}, m.dedup_id or None, float(delay)] for m, delay in rows],
             ensure_ascii=False,
             separators=(",", ":"),
         )
