@@ -193,8 +193,8 @@ def message_receive(
         "limit": max_messages,
     }
     postgres = connection.vendor == "postgresql"
-    # PostgreSQL's rows come back in binary: psycopg reads them in C, where its loaders for
-    # Django's text format parse each timestamp in Python (half of a 100-message receive's CPU).
+    # On PostgreSQL the rows come back in binary, which psycopg reads in C. In text, the loader
+    # Django registers parsed each timestamp in Python: half of a 100-message receive's CPU.
     if queue.on_timeout == Queue.OnTimeout.REQUEUE:
         with transaction.atomic():
             # Redelivery is on time even when the sweep is late (rule 2).
