@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db import connection
 from rest_framework.test import APIClient
 
 from queues.api.throttling import rate_slices_clear
@@ -19,6 +21,42 @@ requires_postgres = pytest.mark.skipif(
     reason="needs PostgreSQL: set DATABASE_URL=postgres://...",
 )
 requires_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL=redis://...")
+
+
+def function_plans(run: Callable[[], object]) -> list[str]:
+    """The plans of the statements PostgreSQL ran inside functions during `run()`, from auto_explain.
+
+    Receive and ack are PL/pgSQL functions (migration 0006): EXPLAIN of a call shows only a
+    Function Scan, and the plan that counts is the one the function keeps for the session.
+    auto_explain logs each statement's plan as it runs, here to this client. Loading it takes
+    a superuser, as the test databases' owner is here; elsewhere the test skips, saying so.
+    """
+    raw = connection.connection
+    plans: list[str] = []
+
+    def keep(diagnostic):
+        if "Query Text:" in (diagnostic.message_primary or ""):
+            plans.append(diagnostic.message_primary)
+
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute("SAVEPOINT auto_explain_load")
+            cursor.execute("LOAD 'auto_explain'")
+        except Exception as error:  # psycopg.errors.InsufficientPrivilege, or the module missing
+            cursor.execute("ROLLBACK TO SAVEPOINT auto_explain_load")
+            pytest.skip(f"needs auto_explain loaded by a superuser to read a function's plan: {error}")
+        for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_format = text"):
+            cursor.execute(f"SET LOCAL auto_explain.{setting}")
+        cursor.execute("SET LOCAL client_min_messages = log")
+    raw.add_notice_handler(keep)
+    try:
+        run()
+    finally:
+        raw.remove_notice_handler(keep)
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL auto_explain.log_min_duration = -1")
+            cursor.execute("SET LOCAL client_min_messages = notice")
+    return plans
 
 
 def snapshot() -> dict:

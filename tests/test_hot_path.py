@@ -12,7 +12,7 @@ from rest_framework import serializers
 
 from queues.models import Message
 from queues.services import OutgoingMessage, message_ack, message_receive, message_send
-from tests.conftest import requires_postgres
+from tests.conftest import function_plans, requires_postgres
 
 
 def _post(client, path, body):
@@ -66,11 +66,11 @@ def _prepared_statements() -> dict[str, tuple[int, int]]:
 
 
 @requires_postgres
-def test_hot_path__postgres_prepares_send_once_for_any_batch_size_and_plans_ack_afresh(queue):
+def test_hot_path__postgres_plans_send_receive_and_ack_once_per_connection(queue):
     """psycopg prepares a statement after a few runs on a connection, and PostgreSQL then stops
-    planning it. Send reads the same for any batch size (an array per column, not a placeholder
-    per value), so it is one prepared statement whose plan is reused (generic plans run). Ack is
-    planned each time: its generic plan scans the queue's leases instead of the primary key."""
+    planning it. Send reads the same for any batch size (a JSON batch, not a placeholder per
+    value); receive and ack are calls of functions that keep their own plans (migration 0006).
+    Each is one prepared statement whose generic plan runs, whatever the batch size."""
     for round_ in range(15):
         size = 1 + round_ % 3
         message_send(queue=queue, messages=[OutgoingMessage(body=f"m{i}") for i in range(size)])
@@ -78,9 +78,9 @@ def test_hot_path__postgres_prepares_send_once_for_any_batch_size_and_plans_ack_
         results = message_ack(queue=queue, receipts=[m["receipt"] for m in leased])
         assert [r["status"] for r in results] == ["acked"] * size
     prepared = _prepared_statements()
-    sends = [plans for text, plans in prepared.items() if text.lstrip().startswith("INSERT INTO queues_message")]
-    assert len(sends) == 1 and sends[0][0] > 0, prepared
-    assert not [text for text in prepared if "status = 'acked'" in text], prepared
+    for marker in ("INSERT INTO queues_message", "queues_message_receive(", "queues_message_ack("):
+        plans = [plans for text, plans in prepared.items() if marker in text]
+        assert len(plans) == 1 and plans[0][0] > 0, (marker, prepared)
 
 
 @requires_postgres
@@ -96,35 +96,50 @@ def test_hot_path__postgres_ack_has_one_text_for_any_number_of_receipts(queue):
     with connection.execute_wrapper(capture):
         for size in (1, 2, 3):
             message_ack(queue=queue, receipts=[m["receipt"] for m in message_receive(queue=queue, max_messages=size)])
-    acks = [sql for sql in statements if "status = 'acked'" in sql]
+    acks = [sql for sql in statements if "queues_message_ack(" in sql]
     assert len(acks) == 3 and len(set(acks)) == 1, acks
 
 
+def _generic_pick_plan() -> str:
+    """The plan PostgreSQL would keep for receive's pick as a plain prepared statement, now."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "PREPARE pick(bigint, timestamptz, integer) AS SELECT id FROM queues_message"
+            " WHERE queue_id = $1 AND status = 'ready' AND available_at <= $2"
+            " ORDER BY available_at, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+        )
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute("EXPLAIN EXECUTE pick(1, now(), 10)")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE pick")
+        cursor.execute("SET LOCAL plan_cache_mode = auto")
+    return plan
+
+
 @requires_postgres
-def test_hot_path__postgres_plans_each_receive_for_its_own_values(queue):
-    """Receive is never prepared: a generic plan cannot know how many messages a receive asks
-    for, and under a backlog it sorted every ready row instead of walking the ready index."""
-    message_send(queue=queue, messages=[OutgoingMessage(body=f"m{i}") for i in range(2_000)])
-    statements = []
-
-    def capture(execute, sql, params, many, context):
-        statements.append((sql, params))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(capture):
-        for _ in range(12):
-            message_receive(queue=queue, max_messages=10)
-    assert not [text for text in _prepared_statements() if "WITH picked AS MATERIALIZED" in text]
-    sql, params = statements[-1]
+def test_hot_path__postgres_receive_walks_the_ready_index_whatever_the_costs_it_was_planned_with(queue):
+    """Receive's function plans its statement once per session and keeps the plan. A plain
+    statement's kept plan follows the estimates of its time: from the statistics of an almost
+    empty table, say, it reads every row and sorts them, and kept while a backlog builds up it
+    reads the whole table on every receive. Here the estimates are made to favour that plan (a
+    random page at 10,000 times a sequential one), as the premise checks first; the function's
+    settings leave it the ready index all the same."""
+    message_send(queue=queue, messages=[OutgoingMessage(body=f"m{i}") for i in range(3_000)])
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {Message._meta.db_table}")
-        cursor.execute(f"EXPLAIN {sql}", params)
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-    # The pick walks the ready index; the one sort is of the leased rows (at most
-    # max_messages), to hand them back oldest first.
+        cursor.execute("SET LOCAL random_page_cost = 10000")
+        cursor.execute("DISCARD PLANS")  # the function plans again, under these costs
+    premise = _generic_pick_plan()
+    assert "Seq Scan" in premise and "message_ready_idx" not in premise, premise
+    received = []
+    plans = function_plans(lambda: received.extend(message_receive(queue=queue, max_messages=10)))
+    assert [m["body"] for m in received] == [f"m{i}" for i in range(10)]
+    [plan] = [plan for plan in plans if "picked AS MATERIALIZED" in plan]
     picked = plan.split("CTE picked", 1)[1].split("CTE leased", 1)[0]
-    assert "message_ready_idx" in picked and "Sort" not in picked, plan
-    assert plan.count("Sort Key") == 1 and "Sort Key: leased.available_at, leased.id" in plan, plan
+    assert "Index Scan using message_ready_idx" in picked and "Sort" not in picked, plan
+    assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
+    # The one sort is of the leased rows (at most max_messages), to hand them back oldest first.
+    assert plan.count("Sort Key") == 1 and "Sort Key: l.available_at, l.id" in plan, plan
 
 
 def test_hot_path__receive_writes_timestamps_as_drf_does(api, queue):

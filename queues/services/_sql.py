@@ -66,19 +66,18 @@ if psycopg is not None:
     class _FreshPlanCursor(psycopg.Cursor):
         """Binds on the server but never prepares: PostgreSQL plans each run for its own values."""
 
-        results_binary = False
-
         def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=False, binary=binary or self.results_binary)
+            return super().execute(query, params, prepare=False, binary=binary)
 
-    class _FreshPlanBinaryCursor(_FreshPlanCursor):
-        """The same, with the rows in binary: psycopg's C loaders read them.
+    class _BinaryCursor(psycopg.Cursor):
+        """psycopg's binding cursor, with the rows in binary: its C loaders read them.
 
         Types come back as psycopg loads them, not as Django registered for text: jsonb as
         Python values (py_json takes both), timestamptz aware in the session's time zone.
         """
 
-        results_binary = True
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            return super().execute(query, params, prepare=prepare, binary=True)
 
 
 def _cursor(reuse_plan: bool, binary: bool = False):
@@ -90,12 +89,13 @@ def _cursor(reuse_plan: bool, binary: bool = False):
     it has run a few times on a connection, and PostgreSQL reuses its plan (`reuse_plan`).
 
     Any other statement is run unprepared, and so planned for its own values: a generic
-    plan cannot know how many rows a LIMIT asks for or how many ids an array holds, and
-    one for receive sorted the whole backlog rather than walk the ready index.
+    plan is chosen from the statistics of its time, and cannot know how many rows a LIMIT
+    asks for or how many ids an array holds. (Receive and ack, which need both, are functions
+    that plan under settings leaving one plan: migration 0006.)
     """
     if connection.vendor == "postgresql" and app_settings.PREPARED_STATEMENTS:
         connection.ensure_connection()
-        cursor_class = psycopg.Cursor if reuse_plan else (_FreshPlanBinaryCursor if binary else _FreshPlanCursor)
+        cursor_class = (_BinaryCursor if binary else psycopg.Cursor) if reuse_plan else _FreshPlanCursor
         # Django's wrapper (query logging, execute_wrappers) around psycopg's binding cursor.
         return connection._prepare_cursor(cursor_class(connection.connection))
     return connection.cursor()
@@ -105,13 +105,13 @@ def fetch(sql: str, params: Iterable | Mapping = (), *, reuse_plan: bool = False
     """Run one statement (positional %s or named %(name)s parameters) and return its rows as dicts.
 
     `reuse_plan=True` is for statements with one possible plan whatever their values (an
-    INSERT of given rows, a lookup by a unique key): PostgreSQL may then plan them once per
-    connection. Check the generic plan first (PREPARE, then EXPLAIN EXECUTE with
-    plan_cache_mode=force_generic_plan): for the ack, `id = ANY($1) AND queue_id = $2`, it
-    chose a scan of the queue's leases over the primary key.
+    INSERT of given rows, a lookup by a unique key, a call of a function): PostgreSQL may
+    then plan them once per connection. Check the generic plan first (PREPARE, then EXPLAIN
+    EXECUTE with plan_cache_mode=force_generic_plan): for the ack's statement,
+    `id = ANY($1) AND queue_id = $2`, it chose a scan of the queue's leases over the primary key.
 
-    `binary=True` (a statement planned each run) asks PostgreSQL for binary rows when the
-    parameters are bound on the server: jsonb then comes back loaded, not as text.
+    `binary=True` (with `reuse_plan`) asks PostgreSQL for binary rows when the parameters are
+    bound on the server: jsonb then comes back loaded, not as text.
     """
     with _cursor(reuse_plan, binary) as cursor:
         cursor.execute(sql, params if isinstance(params, Mapping) else list(params))
