@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from queues.conf import app_settings
 from queues.models import Delivery, Message, Queue, ReviewDecision
-from queues.services._sql import MESSAGE, any_of, db_dt, fetch, py_dt, py_json
+from queues.services._sql import MESSAGE, any_of, db_dt, fetch, marks, py_dt, py_json
 from queues.services.leases import deliveries_record, deliveries_record_timed_out, leases_expire_for_queue
 
 ACKED = "acked"
@@ -249,28 +249,36 @@ def _results(receipts: Sequence[str], verdicts: dict[str, dict]) -> list[dict]:
     return [{"receipt": receipt, **verdicts[receipt]} for receipt in receipts]
 
 
-def _ack(*, queue: Queue, receipts: dict[str, int], statuses: str, now: dt.datetime) -> list[dict]:
+# -> ACKED for the messages in the given statuses that these receipts name. On PostgreSQL a
+# function (migration 0007) whose plan goes to the primary keys and is made once per session.
+# On SQLite, `id IN` lets the primary key find the rows (there is no index on receipt), and
+# acked_from keeps the state the ack found: SET reads the row as it was.
+_ACK_PG = """
+    SELECT id, receipt, acked_from, consumer, receive_count, review_reason FROM queues_message_ack(
+        CAST(%s AS bigint[]), CAST(%s AS bigint), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS timestamptz))"""
+_ACK_SQLITE = f"""
+    UPDATE {MESSAGE} SET
+        status = 'acked',
+        acked_at = %s,
+        acked_from = CASE
+            WHEN status = 'leased' AND lease_expires_at > %s THEN 'leased'
+            WHEN status = 'leased' THEN 'expired'
+            ELSE status END
+    WHERE id IN ({{ids}}) AND queue_id = %s AND receipt IN ({{receipts}}) AND status IN ({{statuses}})
+    RETURNING id, receipt, acked_from, consumer, receive_count, review_reason"""
+# What an ack finds: a lease still held (or run out but not yet swept), or, late, the message in
+# review or back in READY and not yet delivered again.
+_HELD = (Message.Status.LEASED.value,)
+_LATE = (Message.Status.REVIEW.value, Message.Status.READY.value)
+
+
+def _ack(*, queue: Queue, receipts: dict[str, int], statuses: Sequence[str], now: dt.datetime) -> list[dict]:
     """ACK the messages in `statuses` that these receipts name; return the rows it changed."""
-    # acked_from keeps the state the ack found: SET reads the row as it was.
-    # `id IN` lets the primary key find the rows: there is no index on receipt.
-    ids, id_params = any_of("id", receipts.values(), "bigint")
-    named, receipt_params = any_of("receipt", receipts, "text")
-    return fetch(
-        f"""
-        UPDATE {MESSAGE} SET
-            status = 'acked',
-            acked_at = %s,
-            acked_from = CASE
-                WHEN status = 'leased' AND lease_expires_at > %s THEN 'leased'
-                WHEN status = 'leased' THEN 'expired'
-                ELSE status END
-        WHERE {ids} AND queue_id = %s AND {named} AND status IN ({statuses})
-        RETURNING id, receipt, acked_from, consumer, receive_count, review_reason
-        """,
-        [db_dt(now), db_dt(now), *id_params, queue.id, *receipt_params],
-        # Planned each time: PostgreSQL's generic plan for it walks every lease of the queue
-        # (message_leased_idx) and filters by id, instead of the few primary keys.
-    )
+    ids, named = list(receipts.values()), list(receipts)
+    if connection.vendor == "postgresql":
+        return fetch(_ACK_PG, [ids, queue.id, named, list(statuses), db_dt(now)], reuse_plan=True)
+    sql = _ACK_SQLITE.format(ids=marks(ids), receipts=marks(named), statuses=marks(statuses))
+    return fetch(sql, [db_dt(now), db_dt(now), *ids, queue.id, *named, *statuses])
 
 
 def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | None = None) -> list[dict]:
@@ -279,7 +287,7 @@ def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | Non
     parsed = _receipt_ids(receipts)
     valid = {receipt: message_id for receipt, message_id in parsed.items() if message_id is not None}
     # The common case, a lease still held (or expired but not yet swept): one statement.
-    rows = _ack(queue=queue, receipts=valid, statuses="'leased'", now=now) if valid else []
+    rows = _ack(queue=queue, receipts=valid, statuses=_HELD, now=now) if valid else []
     verdicts = {
         row["receipt"]: {"status": ACKED if row["acked_from"] == Message.Status.LEASED else ACKED_LATE} for row in rows
     }
@@ -291,7 +299,7 @@ def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | Non
             # A lease that timed out into review kept its delivery on the row (Message.history);
             # as the message leaves review that becomes its history row.
             deliveries_record_timed_out(queue_id=queue.id, ids=list(late.values()), receipts=list(late))
-            rows = _ack(queue=queue, receipts=late, statuses="'review', 'ready'", now=now)
+            rows = _ack(queue=queue, receipts=late, statuses=_LATE, now=now)
             from_review = [row for row in rows if row["acked_from"] == Message.Status.REVIEW]
             if from_review:
                 ReviewDecision.objects.bulk_create(
