@@ -14,6 +14,7 @@ from queues import services
 from queues.models import ApiToken, Message, Queue, ReviewDecision
 from queues.schedules import SCHEDULES
 from tests import live
+from tests.conftest import requires_postgres
 from tests.factories import MessageFactory, QueueFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -128,6 +129,19 @@ def test_prune__walks_every_queue_tombstones():
     assert sorted(Message.objects.values_list("id", flat=True)) == sorted(kept)
 
 
+_ROUND_TRIP = """
+from django.contrib.auth import get_user_model
+from queues.models import Queue
+from queues.services import OutgoingMessage, message_ack, message_receive, message_send
+user = get_user_model().objects.create(username="round-trip")
+queue = Queue.objects.create(name="round-trip", owner=user)
+message_send(queue=queue, messages=[OutgoingMessage(body="x")])
+[leased] = message_receive(queue=queue)
+[result] = message_ack(queue=queue, receipts=[leased["receipt"]])
+print("round trip:", result["status"])
+"""
+
+
 _INDEXES = """
 from django.db import connection
 with connection.cursor() as cursor:
@@ -167,6 +181,35 @@ def test_migrate__0005_one_leased_index_forward_and_back(tmp_path):
         assert leased_indexes(env) == ["message_leased_idx:queue_id,lease_expires_at,id"]
         live.manage(env, "migrate", "queues", "0004")
         assert leased_indexes(env) == before
+
+
+_FUNCTIONS = """
+from django.db import connection
+with connection.cursor() as cursor:
+    cursor.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'queues_message_%' ORDER BY proname")
+    print("functions:", *[row[0] for row in cursor.fetchall()])
+"""
+
+
+@requires_postgres
+def test_migrate__0006_and_0007_functions_forward_back_and_forward(tmp_path):
+    """Migrations 0006 and 0007 create receive's and ack's functions; reversed, they drop them,
+    and forward again, a message goes through send, receive and ack."""
+    with live.fresh_database(tmp_path) as url:
+        env = live.project_env(url)
+
+        def functions() -> list[str]:
+            [line] = [line for line in live.manage(env, "shell", "-c", _FUNCTIONS).splitlines() if "functions:" in line]
+            return line.split()[1:]
+
+        live.manage(env, "migrate")
+        assert functions() == ["queues_message_ack", "queues_message_receive"]
+        live.manage(env, "migrate", "queues", "0005")
+        assert functions() == []
+        live.manage(env, "migrate")
+        assert functions() == ["queues_message_ack", "queues_message_receive"]
+        out = live.manage(env, "shell", "-c", _ROUND_TRIP)
+        assert "round trip: acked" in out, out
 
 
 def test_migrate__0004_forward_back_and_forward_on_a_fresh_database(tmp_path):

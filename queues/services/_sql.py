@@ -91,7 +91,7 @@ def _cursor(reuse_plan: bool, binary: bool = False):
     Any other statement is run unprepared, and so planned for its own values: a generic
     plan is chosen from the statistics of its time, and cannot know how many rows a LIMIT
     asks for or how many ids an array holds. (Receive and ack, which need both, are functions
-    that plan under settings leaving one plan: migration 0006.)
+    that plan under settings leaving one plan: migrations 0006 and 0007.)
     """
     if connection.vendor == "postgresql" and app_settings.PREPARED_STATEMENTS:
         connection.ensure_connection()
