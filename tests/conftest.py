@@ -39,14 +39,15 @@ def function_plans(run: Callable[[], object]) -> list[str]:
             plans.append(diagnostic.message_primary)
 
     with connection.cursor() as cursor:
+        cursor.execute("SAVEPOINT auto_explain_load")
         try:
-            cursor.execute("SAVEPOINT auto_explain_load")
             cursor.execute("LOAD 'auto_explain'")
+            for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_format = text"):
+                cursor.execute(f"SET LOCAL auto_explain.{setting}")
         except Exception as error:  # psycopg.errors.InsufficientPrivilege, or the module missing
             cursor.execute("ROLLBACK TO SAVEPOINT auto_explain_load")
-            pytest.skip(f"needs auto_explain loaded by a superuser to read a function's plan: {error}")
-        for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_format = text"):
-            cursor.execute(f"SET LOCAL auto_explain.{setting}")
+            pytest.skip(f"needs auto_explain loaded and set by a superuser to read a function's plan: {error}")
+        cursor.execute("RELEASE SAVEPOINT auto_explain_load")
         cursor.execute("SET LOCAL client_min_messages = log")
     raw.add_notice_handler(keep)
     try:

@@ -126,9 +126,9 @@ def _generic_pick_plan() -> str:
 
 
 @requires_postgres
-def test_hot_path__postgres_receive_keeps_its_plans_whatever_the_estimates_they_were_made_with(queue):
-    """Receive's function plans its statements once per session and keeps the plans. A plain
-    statement's kept plan follows the estimates of its time. Here they are the worst case: the
+def test_hot_path__postgres_receive_walks_the_ready_index_and_goes_by_ctid_under_the_worst_estimates(queue):
+    """Receive's function keeps its statements' plans (until the table's statistics change). A
+    plain statement's kept plan follows the estimates of its time. Here they are the worst case: the
     statistics of an almost empty table, and a random page at 10,000 times a sequential one.
     The premise, checked first: a plain statement's plan reads every row and sorts them, which
     kept while a backlog builds up is a read of the whole table on every receive. The function's
@@ -153,9 +153,9 @@ def test_hot_path__postgres_receive_keeps_its_plans_whatever_the_estimates_they_
 
 
 @requires_postgres
-def test_hot_path__postgres_ack_keeps_a_primary_key_plan_whatever_the_estimates_it_was_made_with(queue):
-    """Ack's function makes its plan once per session, here under the worst estimates (as for
-    receive above), and keeps it while 3,000 more messages arrive: it still goes to the primary
+def test_hot_path__postgres_ack_goes_to_the_primary_key_under_the_worst_estimates(queue):
+    """Ack's function makes its plan here under the worst estimates (as for receive above), and
+    keeps it while 3,000 more messages arrive: it still goes to the primary
     keys it is given, never a scan of the table or of an index's every entry. Its statuses are a
     parameter, so no partial index's condition is implied and none of them qualifies."""
     message_send(queue=queue, messages=[OutgoingMessage(body="first")])

@@ -1,15 +1,17 @@
-"""PostgreSQL: receive becomes a function that plans its statements once per session.
+"""PostgreSQL: receive becomes a function that keeps the plans of its statements.
 
-Sent as a plain statement, receive was parsed and planned on every request, half of its CPU
-in PostgreSQL at B = 1. A kept plan (a generic plan) is chosen from the statistics of its time,
-and kept while they change: planned on an almost empty table, receive's plain statement read
-and sorted the whole table, and a backlog that builds up later would be read on every receive.
+Sent as a plain statement, receive was parsed and planned on every request, about half of its
+CPU in PostgreSQL at B = 1. A plan PostgreSQL keeps (a generic plan) is chosen from the
+statistics of its time and kept until they are next updated (ANALYZE; autoanalyze, once a tenth
+of the table has changed; never, with autovacuum off): planned on an almost empty table,
+receive's plain statement read and sorted the whole table, and kept while a backlog builds up
+it would do so on every receive.
 
-A PL/pgSQL function keeps its statements' plans for the session, and the settings it runs under
+A PL/pgSQL function keeps its statements' plans in the session, and the settings it runs under
 leave the planner one plan for each whatever the statistics: the pick walks the ready index in
 order, the update goes by ctid straight to the rows picked. `jit` is off, since the costs of
 disabled plans would otherwise look worth compiling. On one connection it took receive's
-PostgreSQL CPU at B = 1 from about 0.50 to 0.25 ms (README, Performance).
+PostgreSQL CPU at B = 1 from 0.52–0.61 to 0.31–0.35 ms (README, Performance).
 
 queues/services/messages.py keeps SQLite's statement, and tests read the function's plans
 (tests/test_hot_path.py). SQLite has no functions: nothing changes there.
@@ -34,7 +36,7 @@ SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off"""
 RECEIVE = f"""
 CREATE OR REPLACE FUNCTION queues_message_receive(
     p_queue bigint, p_now timestamptz, p_expires timestamptz, p_limit integer,
-    p_token text, p_consumer text, p_user integer
+    p_token text, p_consumer text, p_user bigint
 ) RETURNS TABLE (
     id bigint, body text, attributes jsonb, receipt varchar, receive_count integer, sent_at timestamptz
 ) LANGUAGE plpgsql {_SETTINGS}
@@ -81,7 +83,7 @@ def create(apps, schema_editor):
 def drop(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(
-            "DROP FUNCTION IF EXISTS queues_message_receive(bigint, timestamptz, timestamptz, integer, text, text, integer)"
+            "DROP FUNCTION IF EXISTS queues_message_receive(bigint, timestamptz, timestamptz, integer, text, text, bigint)"
         )
 
 

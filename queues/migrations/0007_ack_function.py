@@ -1,4 +1,4 @@
-"""PostgreSQL: ack becomes a function that plans its statement once per session (as receive, 0006).
+"""PostgreSQL: ack becomes a function that keeps the plan of its statement (as receive, 0006).
 
 As a plain statement, ack was parsed and planned on every request. The plan PostgreSQL would keep
 for it scanned the queue's leases (message_leased_idx, whose condition `status = 'leased'` the

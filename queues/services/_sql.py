@@ -66,8 +66,15 @@ if psycopg is not None:
     class _FreshPlanCursor(psycopg.Cursor):
         """Binds on the server but never prepares: PostgreSQL plans each run for its own values."""
 
+        results_binary = False
+
         def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=False, binary=binary)
+            return super().execute(query, params, prepare=False, binary=self.results_binary)
+
+    class _FreshPlanBinaryCursor(_FreshPlanCursor):
+        """The same, with the rows in binary (see _BinaryCursor)."""
+
+        results_binary = True
 
     class _BinaryCursor(psycopg.Cursor):
         """psycopg's binding cursor, with the rows in binary: its C loaders read them.
@@ -95,7 +102,10 @@ def _cursor(reuse_plan: bool, binary: bool = False):
     """
     if connection.vendor == "postgresql" and app_settings.PREPARED_STATEMENTS:
         connection.ensure_connection()
-        cursor_class = (_BinaryCursor if binary else psycopg.Cursor) if reuse_plan else _FreshPlanCursor
+        if reuse_plan:
+            cursor_class = _BinaryCursor if binary else psycopg.Cursor
+        else:
+            cursor_class = _FreshPlanBinaryCursor if binary else _FreshPlanCursor
         # Django's wrapper (query logging, execute_wrappers) around psycopg's binding cursor.
         return connection._prepare_cursor(cursor_class(connection.connection))
     return connection.cursor()
@@ -110,7 +120,7 @@ def fetch(sql: str, params: Iterable | Mapping = (), *, reuse_plan: bool = False
     EXECUTE with plan_cache_mode=force_generic_plan): for the ack's statement,
     `id = ANY($1) AND queue_id = $2`, it chose a scan of the queue's leases over the primary key.
 
-    `binary=True` (with `reuse_plan`) asks PostgreSQL for binary rows when the parameters are
+    `binary=True` asks PostgreSQL for binary rows when the parameters are
     bound on the server: jsonb then comes back loaded, not as text.
     """
     with _cursor(reuse_plan, binary) as cursor:

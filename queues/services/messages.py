@@ -137,7 +137,7 @@ _ROW_SQLITE = "(%s, 'ready', %s, %s, %s, %s, %s, 0, '', '', '', '')"
 
 # One statement: pick the oldest due READY messages through the partial index (in its
 # order, LIMIT n) and lease them. On PostgreSQL it is a function (migration 0006: SKIP LOCKED
-# lets concurrent receivers pass each other, and its plan is made once per session). SQLite's
+# lets concurrent receivers pass each other, and it keeps its plans). SQLite's
 # write lock serialises receivers, and the status re-check in the outer WHERE keeps the
 # statement a compare-and-swap all the same; SQLite cannot put an UPDATE in a WITH, so Python
 # sorts what it returns.
@@ -162,7 +162,8 @@ _RECEIVE_SQLITE = f"""
 _RECEIVE_PG = """
     SELECT id, body, attributes, receipt, receive_count, sent_at FROM queues_message_receive(
         CAST(%(queue)s AS bigint), CAST(%(now)s AS timestamptz), CAST(%(expires)s AS timestamptz),
-        CAST(%(limit)s AS integer), CAST(%(token)s AS text), CAST(%(consumer)s AS text), CAST(%(user)s AS integer))"""
+        CAST(%(limit)s AS integer), CAST(%(token)s AS text), CAST(%(consumer)s AS text), CAST(%(user)s AS bigint))
+    WITH ORDINALITY AS r ORDER BY r.ordinality"""
 
 
 def message_receive(
@@ -250,7 +251,7 @@ def _results(receipts: Sequence[str], verdicts: dict[str, dict]) -> list[dict]:
 
 
 # -> ACKED for the messages in the given statuses that these receipts name. On PostgreSQL a
-# function (migration 0007) whose plan goes to the primary keys and is made once per session.
+# function (migration 0007) that keeps its plan, which goes to the primary keys.
 # On SQLite, `id IN` lets the primary key find the rows (there is no index on receipt), and
 # acked_from keeps the state the ack found: SET reads the row as it was.
 _ACK_PG = """
