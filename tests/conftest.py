@@ -26,8 +26,8 @@ requires_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="nee
 def function_plans(run: Callable[[], object]) -> list[str]:
     """The plans of the statements PostgreSQL ran inside functions during `run()`, from auto_explain.
 
-    Receive and ack are PL/pgSQL functions (migration 0006): EXPLAIN of a call shows only a
-    Function Scan, and the plan that counts is the one the function keeps for the session.
+    Receive and ack are PL/pgSQL functions (migrations 0006 and 0007): EXPLAIN of a call shows
+    only a Function Scan, and the plans that count are the ones the function makes and keeps.
     auto_explain logs each statement's plan as it runs, here to this client. Loading it takes
     a superuser, as the test databases' owner is here; elsewhere the test skips, saying so.
     """
