@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import sys
 
+# WonderQ's own gevent and gthread workers, which share connections out evenly between workers.
+WORKER_CLASSES = {
+    "gevent": "wonderq_project.workers.gevent_worker.GeventWorker",
+    "gthread": "wonderq_project.workers.gthread_worker.ThreadWorker",
+}
+
 
 def per_worker(*, worker_class: str, threads: int, connections: int) -> str:
     """How many requests a worker serves at once, as the commands report it."""
@@ -13,11 +19,12 @@ def per_worker(*, worker_class: str, threads: int, connections: int) -> str:
 def gunicorn_command(*, bind: str, workers: int, worker_class: str, threads: int, connections: int) -> list[str]:
     """gunicorn serving the project's WSGI app: `threads` per gthread worker, or `connections` per gevent one.
 
-    A gevent worker patches the standard library before it loads the app, so nothing of ours
-    is imported in gunicorn's master (no --preload).
+    A gevent worker patches the standard library before it loads the app, so nothing of ours but
+    wonderq_project.workers (no Django) is imported in gunicorn's master (no --preload). Other
+    classes (`sync`, for comparison in `bench`) are gunicorn's own.
     """
     per_worker = ["--worker-connections", str(connections)] if worker_class == "gevent" else ["--threads", str(threads)]
     return [
         sys.executable, "-m", "gunicorn", "wonderq_project.wsgi:application", "--bind", bind,
-        "--workers", str(workers), "--worker-class", worker_class, *per_worker,
+        "--workers", str(workers), "--worker-class", WORKER_CLASSES.get(worker_class, worker_class), *per_worker,
     ]  # fmt: skip

@@ -1,0 +1,187 @@
+"""WonderQ's gunicorn workers share keep-alive connections out evenly, and a stopped worker holds nobody back."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from queues.management.gunicorn import WORKER_CLASSES, gunicorn_command
+from tests import live
+from wonderq_project.workers import _ENTRY, STALE_AFTER, ConnectionTable, may_accept
+
+
+@pytest.mark.parametrize(
+    ("own", "others", "expected"),
+    [
+        (0, [], True),  # alone: always
+        (5, [], True),
+        (3, [3], True),  # a tie: both listen
+        (4, [3], False),
+        (2, [5, 1], False),  # the fewest anywhere decides
+        (1, [5, 1], True),
+    ],
+)
+def test_may_accept__only_while_holding_the_fewest(own, others, expected):
+    assert may_accept(own, others) is expected
+
+
+def test_table__others_are_the_live_workers_but_this_one():
+    table = ConnectionTable(slots=3)
+    first, second, third = (table.claim(pid) for pid in (101, 102, 103))
+    assert len({first, second, third}) == 3
+    table.write(first, 101, 4)
+    table.write(second, 102, 2)
+    table.write(third, 103, 7)
+    assert sorted(table.others(first)) == [2, 7]
+
+    table.release(third)  # a worker that stopped cleanly
+    assert table.others(first) == [2]
+    # A worker that stopped writing (stopped, stuck, killed) no longer counts, and its slot is free again.
+    _ENTRY.pack_into(table._memory, second * _ENTRY.size, 102, 0, time.monotonic() - STALE_AFTER - 1)
+    assert table.others(first) == []
+    assert {table.claim(104), table.claim(105)} == {second, third}
+    with pytest.raises(RuntimeError, match="more than 3 live gunicorn workers"):
+        table.claim(106)
+
+
+def _write_from_child(table: ConnectionTable) -> None:
+    table.write(table.claim(os.getpid()), os.getpid(), 9)
+
+
+def test_table__a_forked_worker_writes_where_its_siblings_read():
+    table = ConnectionTable(slots=4)
+    own = table.claim(os.getpid())
+    child = multiprocessing.get_context("fork").Process(target=_write_from_child, args=(table,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert table.others(own) == [9]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after its ")".
+                if int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _owners(port: int, clients: list[socket.socket] | list[int], workers: list[int]) -> list[int | None]:
+    """The worker holding the server end of each client connection, from /proc's socket tables."""
+    inode_by_client_port = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+                if local == port:
+                    inode_by_client_port[remote] = fields[9]
+    worker_by_inode = {}
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    worker_by_inode[target[8:-1]] = pid
+    ports = [client if isinstance(client, int) else client.getsockname()[1] for client in clients]
+    return [worker_by_inode.get(inode_by_client_port.get(client_port)) for client_port in ports]
+
+
+def _request(client: socket.socket) -> None:
+    client.sendall(b"GET /api/v1/health/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    response = http.client.HTTPResponse(client)
+    response.begin()
+    assert response.status == 200
+    response.read()
+
+
+@contextlib.contextmanager
+def _server(tmp_path, worker_class: str):
+    """gunicorn as `serve` and `bench` start it, 2 workers; yields its port and worker pids.
+
+    Idle connections stay open for 30 s instead of gunicorn's 2, so that no count falls while a test waits.
+    """
+    port = live.free_port()
+    args = gunicorn_command(bind=f"127.0.0.1:{port}", workers=2, worker_class=worker_class, threads=4, connections=100)
+    with live.fresh_database(tmp_path) as database_url:
+        env = live.project_env(database_url)
+        env.pop("REDIS_URL", None)
+        with live.process([*args, "--log-level", "warning", "--keep-alive", "30"], env, f"http://127.0.0.1:{port}/api/v1/health/") as arbiter:
+            deadline = time.monotonic() + 20
+            while len(workers := _children(arbiter.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(workers) == 2, workers
+            yield port, workers
+
+
+def _connect(port: int, count: int) -> list[socket.socket]:
+    """`count` keep-alive connections opened at once, as a pool of clients starting together does."""
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+    for client in clients:
+        _request(client)
+    return clients
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads which worker holds a connection from Linux's /proc"
+)
+
+
+@linux_only
+@pytest.mark.slow
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_workers__keep_alive_connections_are_shared_out_evenly(tmp_path, worker_class):
+    """Eight connections opened together, three times over: each time 4 and 4 (gunicorn's own: 6 and 2 often)."""
+    assert WORKER_CLASSES[worker_class] in gunicorn_command(
+        bind="127.0.0.1:1", workers=2, worker_class=worker_class, threads=4, connections=100
+    )
+    with _server(tmp_path, worker_class) as (port, workers):
+        for _ in range(3):
+            clients = _connect(port, 8)
+            ports = [client.getsockname()[1] for client in clients]
+            owners = Counter(_owners(port, ports, workers))
+            for client in clients:
+                client.close()
+            assert sorted(owners.values()) == [4, 4], owners
+            deadline = time.monotonic() + 10  # both workers have closed this round's connections before the next
+            while any(_owners(port, ports, workers)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
+@linux_only
+@pytest.mark.slow
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_workers__a_stopped_worker_with_the_fewest_connections_holds_no_one_back(tmp_path, worker_class):
+    with _server(tmp_path, worker_class) as (port, workers):
+        clients = _connect(port, 8)
+        owners = _owners(port, clients, workers)
+        # Close one connection of one worker: it now holds the fewest, so only it listens. Then stop it.
+        stopped = owners[0]
+        clients.pop(0).close()
+        time.sleep(0.5)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            late = _connect(port, 1)
+            waited = time.monotonic() - started
+            assert _owners(port, late, workers) != [stopped]
+            # The other worker took it once the stopped one's entry went stale, not never.
+            assert waited < STALE_AFTER + 2, waited
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        for client in [*clients, *late]:
+            _request(client)  # both workers serve on
+            client.close()
