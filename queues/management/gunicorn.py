@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import sys
 
-# WonderQ's own gevent and gthread workers, which share connections out evenly between workers.
-WORKER_CLASSES = {
-    "gevent": "wonderq_project.workers.gevent_worker.GeventWorker",
-    "gthread": "wonderq_project.workers.gthread_worker.ThreadWorker",
-}
+# WonderQ's gevent worker shares connections out evenly between workers; gthread is gunicorn's own.
+WORKER_CLASSES = {"gevent": "wonderq_project.workers.GeventWorker"}
 
 
 def per_worker(*, worker_class: str, threads: int, connections: int) -> str:

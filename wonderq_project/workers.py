@@ -1,0 +1,195 @@
+"""A gunicorn gevent worker that shares connections out evenly: it takes one only while it holds the fewest.
+
+gunicorn leaves the choice of worker to the kernel: every worker waits on the same listening socket
+and whichever wakes first accepts. A keep-alive client keeps that worker for the connection's life,
+and on Linux the choice is lopsided: eight connections opened together all went to one of two
+workers in most tries (tests/test_workers.py), and with `bench`'s seven one worker often held five
+or six and ran at its core's limit beside a half-idle one (README, Performance; gunicorn's issues
+1984, 2095 and 3105 report the same). This worker keeps each worker's count of open connections in
+a table of shared memory, made in gunicorn's arbiter when it imports this module and inherited by
+every worker it forks. A worker listens only while it holds no more connections than the least
+loaded live worker, so the least loaded one always listens and a new connection always has a
+taker. A worker that has not written its entry for STALE_AFTER seconds (stopped, stuck, killed) is
+left out, so it cannot hold the others back. Where the table is not shared (this module first
+imported in a worker), each worker sees only itself and accepts as gunicorn's own worker does.
+
+`serve` and `bench` run it for `WONDERQ_WORKER_CLASS=gevent` (queues/management/gunicorn.py).
+SQLite's `gthread` stays gunicorn's own: there every write waits for SQLite's one lock, and the
+same sharing measured no gain in interleaved runs (README, Performance).
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import os
+import struct
+import time
+from collections.abc import Iterable
+from functools import partial
+
+from gunicorn.workers import ggevent
+
+TICK = 0.01  # how often a worker writes its entry and looks at the others' even when nothing happens
+STALE_AFTER = 2.0  # an entry older than this is a worker that cannot serve: left out
+
+_ENTRY = struct.Struct("qqd")  # pid, open connections, time.monotonic() of the write
+
+
+def may_accept(own: int, others: Iterable[int]) -> bool:
+    """Whether a worker holding `own` connections takes another, beside live workers holding `others`."""
+    fewest = min(others, default=None)
+    return fewest is None or own <= fewest
+
+
+class ConnectionTable:
+    """Each live worker's pid and count of open connections, in memory shared with its siblings."""
+
+    def __init__(self, slots: int = 64) -> None:
+        self.slots = slots
+        self._memory = mmap.mmap(-1, slots * _ENTRY.size)  # anonymous and MAP_SHARED: forked children share it
+        self._claiming = multiprocessing.get_context("fork").Lock()
+
+    def _read(self, slot: int) -> tuple[int, int, float]:
+        return _ENTRY.unpack_from(self._memory, slot * _ENTRY.size)
+
+    def claim(self, pid: int) -> int:
+        """A slot for worker `pid`: a free one, or one whose worker stopped writing to it."""
+        with self._claiming:
+            now = time.monotonic()
+            for slot in range(self.slots):
+                owner, _, written = self._read(slot)
+                if owner == 0 or now - written > STALE_AFTER:
+                    self.write(slot, pid, 0)
+                    return slot
+        raise RuntimeError(f"more than {self.slots} live gunicorn workers")
+
+    def write(self, slot: int, pid: int, connections: int) -> None:
+        _ENTRY.pack_into(self._memory, slot * _ENTRY.size, pid, connections, time.monotonic())
+
+    def release(self, slot: int) -> None:
+        _ENTRY.pack_into(self._memory, slot * _ENTRY.size, 0, 0, 0.0)
+
+    def others(self, slot: int) -> list[int]:
+        """The open connections of every other worker that wrote its entry in the last STALE_AFTER seconds."""
+        now = time.monotonic()
+        return [
+            connections
+            for other, (owner, connections, written) in enumerate(_ENTRY.iter_unpack(self._memory))
+            if other != slot and owner and now - written <= STALE_AFTER
+        ]
+
+
+TABLE = ConnectionTable()
+
+
+class _Balanced:
+    """What both workers share: their slot in TABLE, written on every change and at least every TICK."""
+
+    def _join_table(self) -> None:
+        self._slot = TABLE.claim(os.getpid())
+        self._written = (-1, 0.0, True)  # count, when, whether we could accept
+
+    def _publish(self, connections: int) -> bool:
+        """Write our count (on a change, or TICK after the last write); whether we may take another connection."""
+        count, written, fair = self._written
+        now = time.monotonic()
+        if connections != count or now - written >= TICK:
+            TABLE.write(self._slot, os.getpid(), connections)
+            fair = may_accept(connections, TABLE.others(self._slot))
+            self._written = (connections, now, fair)
+        return fair
+
+    def _leave_table(self) -> None:
+        TABLE.release(self._slot)
+
+
+class _Server(ggevent.StreamServer):
+    """A StreamServer that counts a connection as its worker's the moment it is accepted."""
+
+    def __init__(self, *args, worker: GeventWorker, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._worker = worker
+
+    def do_handle(self, *args) -> None:
+        self._worker._opened(1)
+        try:
+            super().do_handle(*args)  # spawns handle() in the pool
+        except BaseException:
+            self._worker._opened(-1)
+            raise
+
+
+class GeventWorker(_Balanced, ggevent.GeventWorker):
+    """gunicorn's gevent worker; it listens only while it holds the fewest connections."""
+
+    def init_process(self) -> None:
+        self._join_table()
+        self._open = 0
+        self._servers: list = []
+        super().init_process()  # ends in run()
+
+    def _opened(self, change: int) -> None:
+        self._open += change
+        self._balance()
+
+    def handle(self, listener, client, addr) -> None:
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._opened(-1)
+
+    def _balance(self) -> None:
+        accept = self._publish(self._open)
+        for server in self._servers:
+            # gevent's own pause (a full pool) and ours both go through _watcher: look at it, not at a flag.
+            if server.closed or accept == (server._watcher is not None):
+                continue
+            if accept:
+                server.start_accepting()
+            else:
+                server.stop_accepting()
+
+    def _balancing(self) -> None:
+        while self.alive:
+            self._balance()
+            ggevent.gevent.sleep(TICK)
+
+    def run(self) -> None:
+        """gunicorn 27's GeventWorker.run for a plain gevent worker, keeping the servers so they can pause."""
+        ssl_args = {"ssl_context": ggevent.ssl_context(self.cfg)} if self.cfg.is_ssl else {}
+        for sock in self.sockets:
+            sock.setblocking(1)
+            server = _Server(
+                sock,
+                handle=partial(self.handle, sock),
+                spawn=ggevent.Pool(self.worker_connections),
+                worker=self,
+                **ssl_args,
+            )
+            if self.cfg.workers > 1:
+                server.max_accept = 1
+            server.start()
+            self._servers.append(server)
+        balancing = ggevent.gevent.spawn(self._balancing)
+
+        while self.alive:
+            self.notify()
+            ggevent.gevent.sleep(1.0)
+
+        balancing.kill()
+        self._leave_table()
+        try:
+            for server in self._servers:
+                server.close()  # stop accepting
+            deadline = time.time() + self.cfg.graceful_timeout
+            while time.time() <= deadline:  # let current requests finish
+                if all(server.pool.free_count() == server.pool.size for server in self._servers):
+                    return
+                self.notify()
+                ggevent.gevent.sleep(1.0)
+            self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
+            for server in self._servers:
+                server.stop(timeout=1)
+        except Exception:
+            self.log.exception("Error while stopping worker (pid:%s)", self.pid)
