@@ -83,27 +83,6 @@ class ConnectionTable:
 TABLE = ConnectionTable()
 
 
-class _Balanced:
-    """What both workers share: their slot in TABLE, written on every change and at least every TICK."""
-
-    def _join_table(self) -> None:
-        self._slot = TABLE.claim(os.getpid())
-        self._written = (-1, 0.0, True)  # count, when, whether we could accept
-
-    def _publish(self, connections: int) -> bool:
-        """Write our count (on a change, or TICK after the last write); whether we may take another connection."""
-        count, written, fair = self._written
-        now = time.monotonic()
-        if connections != count or now - written >= TICK:
-            TABLE.write(self._slot, os.getpid(), connections)
-            fair = may_accept(connections, TABLE.others(self._slot))
-            self._written = (connections, now, fair)
-        return fair
-
-    def _leave_table(self) -> None:
-        TABLE.release(self._slot)
-
-
 class _Server(ggevent.StreamServer):
     """A StreamServer that counts a connection as its worker's the moment it is accepted."""
 
@@ -120,11 +99,22 @@ class _Server(ggevent.StreamServer):
             raise
 
 
-class GeventWorker(_Balanced, ggevent.GeventWorker):
+class GeventWorker(ggevent.GeventWorker):
     """gunicorn's gevent worker; it listens only while it holds the fewest connections."""
 
+    def _publish(self, connections: int) -> bool:
+        """Write our count (on a change, or TICK after the last write); whether we may take another connection."""
+        count, written, fair = self._written
+        now = time.monotonic()
+        if connections != count or now - written >= TICK:
+            TABLE.write(self._slot, os.getpid(), connections)
+            fair = may_accept(connections, TABLE.others(self._slot))
+            self._written = (connections, now, fair)
+        return fair
+
     def init_process(self) -> None:
-        self._join_table()
+        self._slot = TABLE.claim(os.getpid())
+        self._written = (-1, 0.0, True)  # the count last written, when, and whether it could accept then
         self._open = 0
         self._servers: list = []
         super().init_process()  # ends in run()
@@ -178,7 +168,7 @@ class GeventWorker(_Balanced, ggevent.GeventWorker):
             ggevent.gevent.sleep(1.0)
 
         balancing.kill()
-        self._leave_table()
+        TABLE.release(self._slot)
         try:
             for server in self._servers:
                 server.close()  # stop accepting
