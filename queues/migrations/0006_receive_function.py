@@ -11,7 +11,7 @@ A PL/pgSQL function keeps its statements' plans in the session, and the settings
 leave the planner one plan for each whatever the statistics: the pick walks the ready index in
 order, the update goes by ctid straight to the rows picked. `jit` is off, since the costs of
 disabled plans would otherwise look worth compiling. On one connection it took receive's
-PostgreSQL CPU at B = 1 from 0.52–0.61 to 0.31–0.35 ms (README, Performance).
+PostgreSQL CPU at B = 1 from 0.52–0.61 to 0.31–0.35 ms (README, Performance, and its measurement log).
 
 queues/services/messages.py keeps SQLite's statement, and tests read the function's plans
 (tests/test_hot_path.py). SQLite has no functions: nothing changes there.
