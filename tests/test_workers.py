@@ -43,15 +43,18 @@ def test_table__others_are_the_live_workers_but_this_one():
     table.write(second, 102, 2)
     table.write(third, 103, 7)
     assert sorted(table.others(first)) == [2, 7]
+    assert sorted(table.others(None)) == [2, 4, 7]  # a worker outside the table sees them all
 
-    table.release(third)  # a worker that stopped cleanly
+    table.release(third, 103)  # a worker that stopped listening
     assert table.others(first) == [2]
     # A worker that stopped writing (stopped, stuck, killed) no longer counts, and its slot is free again.
     _ENTRY.pack_into(table._memory, second * _ENTRY.size, 102, 0, time.monotonic() - STALE_AFTER - 1)
     assert table.others(first) == []
     assert {table.claim(104), table.claim(105)} == {second, third}
-    with pytest.raises(RuntimeError, match="more than 3 live gunicorn workers"):
-        table.claim(106)
+    assert table.claim(106) is None  # full: that worker accepts without the table
+    # The stuck worker wakes and leaves: the slot is 104's or 105's now, and stays theirs.
+    table.release(second, 102)
+    assert len(table.others(first)) == 2
 
 
 def _write_from_child(table: ConnectionTable) -> None:
@@ -74,9 +77,13 @@ def _children(pid: int) -> list[int]:
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after its ")".
-                if int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                if _parent(int(entry.name)) == pid:
                     found.append(int(entry.name))
     return found
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _owners(port: int, clients: list[socket.socket] | list[int], workers: list[int]) -> list[int | None]:
@@ -126,6 +133,18 @@ def _server(tmp_path, worker_class: str):
             while len(workers := _children(arbiter.pid)) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert len(workers) == 2, workers
+            # A worker joins only once its app is loaded: wait until two connections in a row land apart.
+            while time.monotonic() < deadline:
+                pair = _connect(port, 2)
+                owners = _owners(port, pair, workers)
+                for client in pair:
+                    client.close()
+                if len(set(owners)) == 2:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"both workers never took a connection: {owners}")
+            time.sleep(0.5)  # both have counted those two connections closed
             yield port, workers
 
 
@@ -192,4 +211,53 @@ def test_workers__a_stopped_worker_with_the_fewest_connections_holds_no_one_back
             os.kill(stopped, signal.SIGCONT)
         for client in [*clients, *late]:
             _request(client)  # both workers serve on
+            client.close()
+
+
+@linux_only
+@pytest.mark.slow
+def test_workers__a_worker_restarting_holds_no_one_back(tmp_path):
+    """A stopping worker leaves the table when it stops listening, and its replacement joins only once it listens.
+
+    Otherwise the worker left serving would see a sibling with fewer connections (the stopping one
+    finishing its last requests, or the new one still loading the app) and refuse new connections
+    until that entry went stale or the new worker came up.
+    """
+    with _server(tmp_path, "gevent") as (port, workers):
+        clients = _connect(port, 4)
+        owners = _owners(port, clients, workers)
+        stopping = owners[0]
+        draining = [client for client, owner in zip(clients, owners, strict=True) if owner == stopping]
+        os.kill(stopping, signal.SIGTERM)
+        time.sleep(1.5)  # it notices within a second, stops listening and waits for its open connections
+
+        def answered_at_once() -> list[socket.socket]:
+            started = time.monotonic()
+            late = _connect(port, 1)
+            assert time.monotonic() - started < 0.3  # the serving worker took it at once
+            return late
+
+        draining[0].close()  # while it drains, its falling count must not hold the other back
+        time.sleep(0.2)
+        late = answered_at_once()
+        for client in draining[1:]:
+            client.close()  # its last connection ends: it exits, and gunicorn forks a new one
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{stopping}").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        late += answered_at_once()  # nor the new one, while it loads the app
+        clients = [client for client in clients if client not in draining]
+        # Once the new worker is up it takes its share: it holds fewer connections than the other.
+        serving = [pid for pid in workers if pid != stopping]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            fresh = _connect(port, 1)
+            owner = _owners(port, fresh, _children(_parent(serving[0])))[0]
+            fresh[0].close()
+            if owner not in (None, *serving):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the new worker never took a connection")
+        for client in [*clients, *late]:
             client.close()

@@ -10,8 +10,10 @@ a table of shared memory, made in gunicorn's arbiter when it imports this module
 every worker it forks. A worker listens only while it holds no more connections than the least
 loaded live worker, so the least loaded one always listens and a new connection always has a
 taker. A worker that has not written its entry for STALE_AFTER seconds (stopped, stuck, killed) is
-left out, so it cannot hold the others back. Where the table is not shared (this module first
-imported in a worker), each worker sees only itself and accepts as gunicorn's own worker does.
+left out, so it cannot hold the others back. A worker enters the table only once its app is
+loaded and it is about to listen, and leaves it as soon as it stops listening. Where the table is
+not shared (this module first imported in a worker) or is full, a worker accepts as gunicorn's own
+worker does.
 
 `serve` and `bench` run it for `WONDERQ_WORKER_CLASS=gevent` (queues/management/gunicorn.py).
 SQLite's `gthread` stays gunicorn's own: there every write waits for SQLite's one lock, and the
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import mmap
 import multiprocessing
-import os
 import struct
 import time
 from collections.abc import Iterable
@@ -45,7 +46,7 @@ def may_accept(own: int, others: Iterable[int]) -> bool:
 class ConnectionTable:
     """Each live worker's pid and count of open connections, in memory shared with its siblings."""
 
-    def __init__(self, slots: int = 64) -> None:
+    def __init__(self, slots: int = 256) -> None:
         self.slots = slots
         self._memory = mmap.mmap(-1, slots * _ENTRY.size)  # anonymous and MAP_SHARED: forked children share it
         self._claiming = multiprocessing.get_context("fork").Lock()
@@ -53,24 +54,34 @@ class ConnectionTable:
     def _read(self, slot: int) -> tuple[int, int, float]:
         return _ENTRY.unpack_from(self._memory, slot * _ENTRY.size)
 
-    def claim(self, pid: int) -> int:
-        """A slot for worker `pid`: a free one, or one whose worker stopped writing to it."""
-        with self._claiming:
+    def claim(self, pid: int) -> int | None:
+        """A slot for worker `pid`: a free one, or one whose worker stopped writing to it; None if all are taken.
+
+        Claims take turns on a lock, but not forever: a worker killed while holding it (SIGKILL, the
+        OOM killer) must not stop every later worker from starting.
+        """
+        locked = self._claiming.acquire(timeout=1)
+        try:
             now = time.monotonic()
             for slot in range(self.slots):
                 owner, _, written = self._read(slot)
                 if owner == 0 or now - written > STALE_AFTER:
                     self.write(slot, pid, 0)
                     return slot
-        raise RuntimeError(f"more than {self.slots} live gunicorn workers")
+            return None
+        finally:
+            if locked:
+                self._claiming.release()
 
     def write(self, slot: int, pid: int, connections: int) -> None:
         _ENTRY.pack_into(self._memory, slot * _ENTRY.size, pid, connections, time.monotonic())
 
-    def release(self, slot: int) -> None:
-        _ENTRY.pack_into(self._memory, slot * _ENTRY.size, 0, 0, 0.0)
+    def release(self, slot: int, pid: int) -> None:
+        """Free `slot`, unless another worker took it over while `pid` was stuck."""
+        if self._read(slot)[0] == pid:
+            _ENTRY.pack_into(self._memory, slot * _ENTRY.size, 0, 0, 0.0)
 
-    def others(self, slot: int) -> list[int]:
+    def others(self, slot: int | None) -> list[int]:
         """The open connections of every other worker that wrote its entry in the last STALE_AFTER seconds."""
         now = time.monotonic()
         return [
@@ -84,7 +95,11 @@ TABLE = ConnectionTable()
 
 
 class _Server(ggevent.StreamServer):
-    """A StreamServer that counts a connection as its worker's the moment it is accepted."""
+    """A StreamServer that tells its worker when it accepts a connection and when it closes it.
+
+    gevent calls do_close exactly once for every connection do_handle was given: after the
+    handler, when spawning it fails, and when an SSL handshake fails before the handler runs.
+    """
 
     def __init__(self, *args, worker: GeventWorker, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -92,45 +107,43 @@ class _Server(ggevent.StreamServer):
 
     def do_handle(self, *args) -> None:
         self._worker._opened(1)
+        super().do_handle(*args)  # spawns the handler in the pool
+
+    def do_close(self, *args) -> None:
         try:
-            super().do_handle(*args)  # spawns handle() in the pool
-        except BaseException:
+            super().do_close(*args)
+        finally:
             self._worker._opened(-1)
-            raise
 
 
 class GeventWorker(ggevent.GeventWorker):
     """gunicorn's gevent worker; it listens only while it holds the fewest connections."""
 
-    def _publish(self, connections: int) -> bool:
-        """Write our count (on a change, or TICK after the last write); whether we may take another connection."""
-        count, written, fair = self._written
-        now = time.monotonic()
-        if connections != count or now - written >= TICK:
-            TABLE.write(self._slot, os.getpid(), connections)
-            fair = may_accept(connections, TABLE.others(self._slot))
-            self._written = (connections, now, fair)
-        return fair
-
     def init_process(self) -> None:
-        self._slot = TABLE.claim(os.getpid())
+        self._slot: int | None = None  # claimed in run(), once the app is loaded and we are about to listen
         self._written = (-1, 0.0, True)  # the count last written, when, and whether it could accept then
         self._open = 0
         self._servers: list = []
-        super().init_process()  # ends in run()
+        super().init_process()  # loads the app, then run()
+
+    def _publish(self) -> bool:
+        """Write our count (on a change, or TICK after the last write); whether we may take another connection."""
+        if self._slot is None:  # not in the table (yet, any more, or it was full): accept as gunicorn's own would
+            return True
+        count, written, fair = self._written
+        now = time.monotonic()
+        if self._open != count or now - written >= TICK:
+            TABLE.write(self._slot, self.pid, self._open)
+            fair = may_accept(self._open, TABLE.others(self._slot))
+            self._written = (self._open, now, fair)
+        return fair
 
     def _opened(self, change: int) -> None:
         self._open += change
         self._balance()
 
-    def handle(self, listener, client, addr) -> None:
-        try:
-            super().handle(listener, client, addr)
-        finally:
-            self._opened(-1)
-
     def _balance(self) -> None:
-        accept = self._publish(self._open)
+        accept = self._publish()
         for server in self._servers:
             # gevent's own pause (a full pool) and ours both go through _watcher: look at it, not at a flag.
             if server.closed or accept == (server._watcher is not None):
@@ -145,8 +158,23 @@ class GeventWorker(ggevent.GeventWorker):
             self._balance()
             ggevent.gevent.sleep(TICK)
 
+    def _leave_table(self) -> None:
+        """Stop counting: a stopping worker no longer listens, so its count must not hold the others back."""
+        if self._slot is not None:
+            TABLE.release(self._slot, self.pid)
+            self._slot = None
+
     def run(self) -> None:
         """gunicorn 27's GeventWorker.run for a plain gevent worker, keeping the servers so they can pause."""
+        self._slot = TABLE.claim(self.pid)
+        if self._slot is None:
+            self.log.warning("More than %s live workers: this one accepts without sharing out.", TABLE.slots)
+        try:
+            self._serve()
+        finally:
+            self._leave_table()
+
+    def _serve(self) -> None:
         ssl_args = {"ssl_context": ggevent.ssl_context(self.cfg)} if self.cfg.is_ssl else {}
         for sock in self.sockets:
             sock.setblocking(1)
@@ -168,7 +196,7 @@ class GeventWorker(ggevent.GeventWorker):
             ggevent.gevent.sleep(1.0)
 
         balancing.kill()
-        TABLE.release(self._slot)
+        self._leave_table()
         try:
             for server in self._servers:
                 server.close()  # stop accepting
