@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from queues.management.commands.bench import process_children
 from queues.management.gunicorn import WORKER_CLASSES, gunicorn_command
 from tests import live
 from wonderq_project.workers import _ENTRY, STALE_AFTER, ConnectionTable, may_accept
@@ -71,21 +72,6 @@ def test_table__a_forked_worker_writes_where_its_siblings_read():
     assert table.others(own) == [9]
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after its ")".
-                if _parent(int(entry.name)) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _owners(port: int, clients: list[socket.socket] | list[int], workers: list[int]) -> list[int | None]:
     """The worker holding the server end of each client connection, from /proc's socket tables."""
     inode_by_client_port = {}
@@ -117,7 +103,7 @@ def _request(client: socket.socket) -> None:
 
 @contextlib.contextmanager
 def _server(tmp_path, worker_class: str):
-    """gunicorn as `serve` and `bench` start it, 2 workers; yields its port and worker pids.
+    """gunicorn as `serve` and `bench` start it, 2 workers; yields its port, worker pids and arbiter pid.
 
     Idle connections stay open for 30 s instead of gunicorn's 2, so that no count falls while a test waits.
     """
@@ -130,7 +116,7 @@ def _server(tmp_path, worker_class: str):
             [*args, "--log-level", "warning", "--keep-alive", "30"], env, f"http://127.0.0.1:{port}/api/v1/health/"
         ) as arbiter:
             deadline = time.monotonic() + 20
-            while len(workers := _children(arbiter.pid)) < 2 and time.monotonic() < deadline:
+            while len(workers := process_children().get(arbiter.pid, [])) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert len(workers) == 2, workers
             # A worker joins only once its app is loaded: wait until two connections in a row land apart.
@@ -145,7 +131,7 @@ def _server(tmp_path, worker_class: str):
             else:
                 raise AssertionError(f"both workers never took a connection: {owners}")
             time.sleep(0.5)  # both have counted those two connections closed
-            yield port, workers
+            yield port, workers, arbiter.pid
 
 
 def _connect(port: int, count: int) -> list[socket.socket]:
@@ -175,7 +161,7 @@ def test_workers__serve_and_bench_run_ours_for_gevent_and_gunicorns_own_gthread(
 @pytest.mark.slow
 def test_workers__keep_alive_connections_are_shared_out_evenly(tmp_path):
     """Eight connections opened together, three times over: each time 4 and 4 (gunicorn's own: mostly 8 and 0)."""
-    with _server(tmp_path, "gevent") as (port, workers):
+    with _server(tmp_path, "gevent") as (port, workers, _arbiter):
         for _ in range(3):
             clients = _connect(port, 8)
             ports = [client.getsockname()[1] for client in clients]
@@ -192,7 +178,7 @@ def test_workers__keep_alive_connections_are_shared_out_evenly(tmp_path):
 @linux_only
 @pytest.mark.slow
 def test_workers__a_stopped_worker_with_the_fewest_connections_holds_no_one_back(tmp_path):
-    with _server(tmp_path, "gevent") as (port, workers):
+    with _server(tmp_path, "gevent") as (port, workers, _arbiter):
         clients = _connect(port, 8)
         owners = _owners(port, clients, workers)
         # Close one connection of one worker: it now holds the fewest, so only it listens. Then stop it.
@@ -223,7 +209,7 @@ def test_workers__a_worker_restarting_holds_no_one_back(tmp_path):
     finishing its last requests, or the new one still loading the app) and refuse new connections
     until that entry went stale or the new worker came up.
     """
-    with _server(tmp_path, "gevent") as (port, workers):
+    with _server(tmp_path, "gevent") as (port, workers, arbiter):
         clients = _connect(port, 4)
         owners = _owners(port, clients, workers)
         stopping = owners[0]
@@ -252,7 +238,7 @@ def test_workers__a_worker_restarting_holds_no_one_back(tmp_path):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             fresh = _connect(port, 1)
-            owner = _owners(port, fresh, _children(_parent(serving[0])))[0]
+            owner = _owners(port, fresh, process_children().get(arbiter, []))[0]
             fresh[0].close()
             if owner not in (None, *serving):
                 break

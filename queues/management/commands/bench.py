@@ -35,20 +35,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_children() -> dict[int, list[int]]:
+    """Every process's children, by parent pid, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after its ")".
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
 def _tree_memory_kib(pid: int) -> tuple[int, int]:
     """RSS and PSS of a process and all its descendants, from /proc (Linux).
 
     RSS counts a page shared by the forked workers once per worker; PSS splits it
     between them, so the PSS sum is the memory the server really holds.
     """
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
+    children = process_children()
     rss = pss = 0
     stack = [pid]
     while stack:
