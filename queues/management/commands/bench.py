@@ -154,8 +154,10 @@ def _median_of(runs: list[dict]) -> dict:
     result["server_pss_growth_pct"] = median(r["server_pss_growth_pct"] for r in runs)
     result["latency_ms"] = {
         op: {
-            "p50": median(r["latency_ms"][op]["p50"] for r in runs),
-            "p99": median(r["latency_ms"][op]["p99"] for r in runs),
+            **{q: median(r["latency_ms"][op][q] for r in runs) for q in ("p50", "p99", "p999")},
+            "max": max(
+                [r["latency_ms"][op]["max"] for r in runs if r["latency_ms"][op]["max"] is not None], default=None
+            ),
             "requests": sum(r["latency_ms"][op]["requests"] for r in runs),
         }
         for op in runs[0]["latency_ms"]
@@ -337,8 +339,11 @@ class Command(BaseCommand):
             "acked_per_s": sum(t.acked for t in tallies) / elapsed,
             "latency_ms": {
                 op: {
-                    "p50": None if not values else load.percentile(values, 0.5) * 1000,
-                    "p99": None if not values else load.percentile(values, 0.99) * 1000,
+                    **{
+                        name: None if not values else load.percentile(values, q) * 1000
+                        for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))
+                    },
+                    "max": max(values) * 1000 if values else None,
                     "requests": len(values),
                 }
                 for op, values in latencies.items()
