@@ -27,7 +27,7 @@ print(json.dumps({
 def test_wsgi__startup_objects_are_frozen_out_of_the_collectors_full_passes(tmp_path):
     """A full collection must walk what requests create, not Django's startup objects.
 
-    Walking them stopped a worker for 37-45 ms, twice in 30 s of `bench` (3.6-9 ms since).
+    Walking them stopped a worker for 37-47 ms, twice in every `bench` run (3.6-9 ms since).
     """
     env = {
         **os.environ,

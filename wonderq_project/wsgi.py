@@ -12,7 +12,7 @@ application = get_wsgi_application()
 
 # Load now what the worker keeps for its whole life (the URLconf imports every view), then take it out
 # of the garbage collector's reach. A full collection walked all of Django's startup objects, about
-# 100,000 of them: 37-45 ms in which the worker answered nothing, twice in 30 s of `bench`. Since,
+# 100,000 of them: 37-47 ms in which the worker answered nothing, twice in every `bench` run. Since,
 # 3.6-9 ms, as it walks only what requests have left.
 get_resolver().url_patterns  # noqa: B018 (loading it is the point)
 gc.collect()
