@@ -11,14 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 _PROBE = """
-import gc, json, sys, time
+import gc, json, sys
 import wonderq_project.wsgi
-started = time.perf_counter()
 gc.collect()
 print(json.dumps({
     "frozen": gc.get_freeze_count(),
     "tracked": len(gc.get_objects()),
-    "collect_ms": (time.perf_counter() - started) * 1000,
     "urlconf": "queues.api.urls" in sys.modules and "queues.admin" in sys.modules,
 }))
 """
