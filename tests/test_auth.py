@@ -7,11 +7,12 @@ import time
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from queues.models import ApiToken
-from queues.services import token_authenticate, token_cache_clear, token_create, token_revoke
+from queues.services import token_authenticate, token_cache_clear, token_create, token_known, token_revoke
 
 pytestmark = pytest.mark.django_db
 
@@ -69,6 +70,42 @@ def test_token__revoked_elsewhere_stops_within_the_cache_lifetime(user, settings
     assert client.get(URL).status_code == 200
     time.sleep(1.1)
     assert client.get(URL).status_code == 401
+
+
+def test_token__renewed_by_one_request_before_it_runs_out(user, settings, django_assert_num_queries):
+    """In the last fifth of its lifetime the first request renews the entry; the others keep using it."""
+    settings.WONDERQ_AUTH_CACHE_SECONDS = 1
+    _, key = token_create(user=user, name="ci")
+    assert token_authenticate(key=key) is not None
+    time.sleep(0.85)
+    during = []
+
+    def another_request(execute, sql, params, many, context):
+        # What a request this process serves while the renewal waits on the database gets.
+        during.append(token_known(key=key))
+        return execute(sql, params, many, context)
+
+    with django_assert_num_queries(1), connection.execute_wrapper(another_request):
+        assert token_known(key=key).user == user
+    assert [token.user for token in during] == [user]  # served from the entry, no second renewal
+    time.sleep(0.3)  # past the first lookup's deadline
+    with django_assert_num_queries(0):
+        assert token_known(key=key).user == user
+        token_cache_clear()  # another process: it finds the renewed entry in the shared cache
+        assert token_authenticate(key=key).user == user
+        assert token_known(key=key).user == user
+
+
+def test_token__renewal_sees_a_revocation(user, settings):
+    settings.WONDERQ_AUTH_CACHE_SECONDS = 1
+    token, key = token_create(user=user, name="ci")
+    assert token_known(key=key) is None  # not yet looked up in this process
+    assert token_authenticate(key=key) is not None
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())  # by another process
+    assert token_known(key=key) is not None
+    time.sleep(0.85)
+    assert token_known(key=key) is None
+    assert token_authenticate(key=key) is None
 
 
 def test_token__expired_is_refused_even_from_the_cache(user):

@@ -5,11 +5,20 @@ cost a query; a revoked or expired token stops working within that time (at once
 the process that revoked it). The cache has two levels: a dict in each process, so a
 request costs no round trip either, and the shared cache, so a cluster looks a token
 up once per lifetime. Both keep the deadline of the first lookup, so no entry outlives it.
+
+Entries are renewed ahead of their deadline: in the last fifth of an entry's lifetime the
+first request a process serves with it renews it (the shared cache, or a lookup when that
+entry is near its end too), while the process's other requests go on using it. Without
+that, every request in flight when the deadline passed, in every process at once (they
+share the deadline), missed the cache together and took the lookup and the full request
+stack: a burst of slow requests every AUTH_CACHE_SECONDS. A revoked token still stops
+within AUTH_CACHE_SECONDS, as no entry is used past its deadline.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 
 from django.core.cache import cache
@@ -21,9 +30,12 @@ from queues.models import ApiToken
 
 _CACHE_PREFIX = "wq:auth:"
 _MISSING = "missing"
-# digest -> (deadline as a Unix time, token or None). Bounded: random keys cannot grow it.
-_local: dict[str, tuple[float, ApiToken | None]] = {}
+# digest -> (deadline as a Unix time, when to renew it, token or None). Bounded: random keys
+# cannot grow it.
+_local: dict[str, tuple[float, float, ApiToken | None]] = {}
 _LOCAL_MAX = 10_000
+# The part of an entry's lifetime, at its end, in which a request renews it.
+_RENEW_AHEAD = 0.2
 
 
 def token_cache_clear() -> None:
@@ -64,37 +76,53 @@ def token_authenticate(*, key: str, now: dt.datetime | None = None) -> ApiToken 
     wall = time.time()
     entry = _local.get(digest)
     if entry is None or entry[0] <= wall:
-        entry = _shared_lookup(digest, now, wall)
-        if len(_local) >= _LOCAL_MAX:
-            _local.clear()
-        _local[digest] = entry
-    token = entry[1]
-    if token is None or (token.expires_at is not None and token.expires_at <= now):
-        return None
-    return token
+        return _valid(_renew(digest, now, wall), now)
+    return _valid(_renew(digest, now, wall, ahead_of=entry) if entry[1] <= wall else entry[2], now)
 
 
 def token_known(*, key: str, now: dt.datetime | None = None) -> ApiToken | None:
-    """The token if this process has it cached as valid, else None; never a query or a round trip."""
-    entry = _local.get(ApiToken.digest_of(key))
-    if entry is None or entry[0] <= time.time() or entry[1] is None:
+    """The token if this process has it cached as valid, else None.
+
+    Never a lookup for a key not cached as valid: that is for `token_authenticate`, behind the
+    failed-authentication budget. A valid entry due for renewal is renewed here, by one request.
+    """
+    digest = ApiToken.digest_of(key)
+    entry = _local.get(digest)
+    wall = time.time()
+    if entry is None or entry[0] <= wall or entry[2] is None:
         return None
-    token = entry[1]
     now = now or timezone.now()
-    return None if token.expires_at is not None and token.expires_at <= now else token
+    return _valid(_renew(digest, now, wall, ahead_of=entry) if entry[1] <= wall else entry[2], now)
 
 
-def _shared_lookup(digest: str, now: dt.datetime, wall: float) -> tuple[float, ApiToken | None]:
-    cached = cache.get(_CACHE_PREFIX + digest)
-    if isinstance(cached, tuple) and cached[0] > wall:
-        deadline, token = cached
-        return deadline, None if token == _MISSING else token
-    token = _lookup(digest, now)
+def _valid(token: ApiToken | None, now: dt.datetime) -> ApiToken | None:
+    return None if token is None or (token.expires_at is not None and token.expires_at <= now) else token
+
+
+def _renew(digest: str, now: dt.datetime, wall: float, *, ahead_of: tuple | None = None) -> ApiToken | None:
+    """Look the token up again, from the shared cache if it has an entry good for a while yet.
+
+    `ahead_of`: this process's entry, still valid. It stays in use meanwhile, and no other
+    request of this process renews it: the claim is the entry's renewal time set to never,
+    made before any I/O, so a green thread that runs while this one waits finds nothing to claim.
+    """
+    if ahead_of is not None:
+        _local[digest] = (ahead_of[0], math.inf, ahead_of[2])
     ttl = app_settings.AUTH_CACHE_SECONDS
-    cache.set(_CACHE_PREFIX + digest, (wall + ttl, token or _MISSING), ttl)
-    if token is not None:
-        _touch(token, now)
-    return wall + ttl, token
+    cached = cache.get(_CACHE_PREFIX + digest)
+    if isinstance(cached, tuple) and cached[0] > wall + ttl * _RENEW_AHEAD:
+        deadline, token = cached
+        token = None if token == _MISSING else token
+    else:
+        token = _lookup(digest, now)
+        deadline = wall + ttl
+        cache.set(_CACHE_PREFIX + digest, (deadline, token or _MISSING), ttl)
+        if token is not None:
+            _touch(token, now)
+    if len(_local) >= _LOCAL_MAX:
+        _local.clear()
+    _local[digest] = (deadline, deadline - ttl * _RENEW_AHEAD, token)
+    return token
 
 
 def _touch(token: ApiToken, now: dt.datetime) -> None:
