@@ -10,14 +10,43 @@ import hashlib
 import secrets
 
 from django.conf import settings
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+
+from queues.conf import app_settings
 
 QUEUE_NAME_PATTERN = r"[A-Za-z0-9_-]{1,80}"
 queue_name_validator = RegexValidator(
     rf"^{QUEUE_NAME_PATTERN}\Z", "Queue names are 1-80 characters of A-Z, a-z, 0-9, '_' and '-'."
 )
+
+
+# A queue's defaults and limits follow the WONDERQ_* settings when they are read (named
+# functions, so that migrations can refer to them): a queue made in the admin, by
+# create_queue or through the API gets the same defaults, and none can go past a limit.
+def default_visibility_timeout() -> int:
+    return app_settings.DEFAULT_VISIBILITY_TIMEOUT
+
+
+def default_max_receives() -> int:
+    return app_settings.DEFAULT_MAX_RECEIVES
+
+
+def max_visibility_timeout() -> int:
+    return app_settings.MAX_VISIBILITY_TIMEOUT
+
+
+def max_receives_limit() -> int:
+    return app_settings.MAX_RECEIVES_LIMIT
+
+
+def max_delay_seconds() -> int:
+    return app_settings.MAX_DELAY_SECONDS
+
+
+def message_bytes_limit() -> int:
+    return app_settings.MAX_MESSAGE_BYTES
 
 
 class QueueQuerySet(models.QuerySet):
@@ -38,7 +67,9 @@ class Queue(models.Model):
     name = models.CharField(max_length=80, unique=True, validators=[queue_name_validator])
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="queues")
     visibility_timeout = models.PositiveIntegerField(
-        default=30, help_text="Seconds a received message stays leased before it times out."
+        default=default_visibility_timeout,
+        validators=[MaxValueValidator(max_visibility_timeout)],
+        help_text="Seconds a received message stays leased before it times out.",
     )
     on_timeout = models.CharField(
         max_length=10,
@@ -47,17 +78,19 @@ class Queue(models.Model):
         help_text="What happens to a message whose lease runs out.",
     )
     max_receives = models.PositiveIntegerField(
-        default=5,
-        validators=[MinValueValidator(1)],
+        default=default_max_receives,
+        validators=[MinValueValidator(1), MaxValueValidator(max_receives_limit)],
         help_text="Deliveries after which a timed-out message goes to review (requeue queues).",
     )
     delay_seconds = models.PositiveIntegerField(
-        default=0, help_text="Default delay before a new message can be received."
+        default=0,
+        validators=[MaxValueValidator(max_delay_seconds)],
+        help_text="Default delay before a new message can be received.",
     )
     max_message_bytes = models.PositiveIntegerField(
-        default=256 * 1024,
-        validators=[MinValueValidator(1)],
-        help_text="Largest body plus attributes accepted, in UTF-8 bytes.",
+        default=message_bytes_limit,
+        validators=[MinValueValidator(1), MaxValueValidator(message_bytes_limit)],
+        help_text="Largest body plus attributes accepted, in UTF-8 bytes (never more than WONDERQ_MAX_MESSAGE_BYTES).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -69,6 +102,15 @@ class Queue(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def accepts_bytes(self) -> int:
+        """The largest message a send may bring, body plus attributes in UTF-8 bytes.
+
+        The queue's own limit, and never more than WONDERQ_MAX_MESSAGE_BYTES, which may have been
+        lowered since the queue was made.
+        """
+        return min(self.max_message_bytes, app_settings.MAX_MESSAGE_BYTES)
 
 
 class QueueGrant(models.Model):

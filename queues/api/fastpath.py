@@ -43,7 +43,7 @@ def _attributes_ok(attributes) -> bool:
     return True
 
 
-def _message(data, queue: Queue) -> OutgoingMessage | None:
+def _message(data, limit: int) -> OutgoingMessage | None:
     if type(data) is not dict or not data.keys() <= _MESSAGE_KEYS:
         return None
     body = data.get("body")
@@ -60,7 +60,7 @@ def _message(data, queue: Queue) -> OutgoingMessage | None:
         return None
     if any(data[key] is None for key in data):
         return None  # an explicit null: the serializer words the error
-    if message_json_size(body=body, attributes=attributes) > queue.max_message_bytes:
+    if message_json_size(body=body, attributes=attributes) > limit:
         return None
     return OutgoingMessage(body=body, attributes=attributes or {}, delay_seconds=delay, dedup_id=dedup_id)
 
@@ -69,13 +69,14 @@ def send_messages(data, queue: Queue) -> list[OutgoingMessage] | None:
     """One message `{body, ...}` or a batch `{messages: [...]}`, or None."""
     if type(data) is not dict:
         return None
+    limit = queue.accepts_bytes
     if "messages" not in data:
-        message = _message(data, queue)
+        message = _message(data, limit)
         return None if message is None else [message]
     batch = data["messages"]
     if len(data) != 1 or type(batch) is not list or not 1 <= len(batch) <= app_settings.MAX_BATCH:
         return None
-    messages = [_message(item, queue) for item in batch]
+    messages = [_message(item, limit) for item in batch]
     return None if None in messages else messages
 
 

@@ -164,9 +164,9 @@ class MessageIn(StrictSerializer):
         attrs = super().validate(attrs)
         queue = self.context["queue"]
         size = message_json_size(body=attrs["body"], attributes=attrs.get("attributes"))
-        if size > queue.max_message_bytes:
+        if size > queue.accepts_bytes:
             raise serializers.ValidationError(
-                {"body": [f"Message is {size} bytes; this queue accepts at most {queue.max_message_bytes}."]}
+                {"body": [f"Message is {size} bytes; this queue accepts at most {queue.accepts_bytes}."]}
             )
         return attrs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
@@ -90,23 +91,43 @@ for _model in (Queue, QueueGrant):
     post_delete.connect(queue_access_cache_clear, sender=_model, dispatch_uid=f"wonderq_access_{_model.__name__}")
 
 
-def queue_create(*, name: str, owner, **settings) -> Queue:
-    """Create a queue owned by `owner`; raises QueueExists when the name is taken."""
-    unknown = set(settings) - set(QUEUE_FIELDS)
+def _check(fields: dict) -> None:
+    """Raise ValidationError, with the messages of each bad field, unless every value is in range.
+
+    The model's fields hold the limits (the WONDERQ_* settings), so the API, the admin and the
+    commands refuse the same values; a value out of range never reaches a table.
+    """
+    unknown = set(fields) - {"name", *QUEUE_FIELDS}
     if unknown:
         raise TypeError(f"unknown queue settings: {sorted(unknown)}")
+    errors = {}
+    for name, value in fields.items():
+        try:
+            Queue._meta.get_field(name).clean(value, None)
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    if errors:
+        raise ValidationError(errors)
+
+
+def queue_create(*, name: str, owner, **settings) -> Queue:
+    """Create a queue owned by `owner`; raises QueueExists when the name is taken, ValidationError for a bad value."""
+    _check({"name": name, **settings})
     try:
         with transaction.atomic():
             return Queue.objects.create(name=name, owner=owner, **settings)
-    except IntegrityError as exc:
-        raise QueueExists(name) from exc
+    except IntegrityError:
+        if Queue.objects.filter(name=name).exists():
+            raise QueueExists(name) from None
+        raise
 
 
 def queue_update(*, queue: Queue, now: dt.datetime | None = None, **settings) -> Queue:
-    """Change a queue's settings (only the fields given); raises Queue.DoesNotExist if it was deleted meanwhile."""
-    unknown = set(settings) - set(QUEUE_FIELDS)
-    if unknown:
-        raise TypeError(f"unknown queue settings: {sorted(unknown)}")
+    """Change a queue's settings (only the fields given); raises Queue.DoesNotExist if it was deleted meanwhile.
+
+    Raises ValidationError for a value out of range, and changes nothing then.
+    """
+    _check(settings)
     now = now or timezone.now()
     # One UPDATE whose row count is the verdict: a queue deleted since it was looked up is not
     # an error of the database (save() raises DatabaseError for it) but a queue that is gone.

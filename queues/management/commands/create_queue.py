@@ -7,6 +7,8 @@ from django.core.management.base import BaseCommand, CommandError
 from queues.models import Queue, queue_name_validator
 from queues.services import QueueExists, queue_create
 
+_OPTIONS = ("visibility_timeout", "max_receives", "delay_seconds", "max_message_bytes")
+
 
 class Command(BaseCommand):
     help = "Create a queue owned by a user."
@@ -14,13 +16,25 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("name", help="1-80 characters of A-Z, a-z, 0-9, '_' and '-'.")
         parser.add_argument("--owner", required=True, help="Username of the owner (must exist).")
-        parser.add_argument("--visibility-timeout", type=int, default=30, help="Lease length in seconds.")
+        parser.add_argument(
+            "--visibility-timeout",
+            type=int,
+            help="Lease length in seconds (default WONDERQ_DEFAULT_VISIBILITY_TIMEOUT).",
+        )
         parser.add_argument(
             "--on-timeout", choices=Queue.OnTimeout.values, default=Queue.OnTimeout.REVIEW, help="review or requeue"
         )
-        parser.add_argument("--max-receives", type=int, default=5, help="Deliveries before review (requeue queues).")
+        parser.add_argument(
+            "--max-receives",
+            type=int,
+            help="Deliveries before review, in requeue queues (default WONDERQ_DEFAULT_MAX_RECEIVES).",
+        )
+        parser.add_argument("--delay-seconds", type=int, help="Default delay of a new message (default 0).")
+        parser.add_argument(
+            "--max-message-bytes", type=int, help="Largest body plus attributes (default WONDERQ_MAX_MESSAGE_BYTES)."
+        )
 
-    def handle(self, *args, name, owner, visibility_timeout, on_timeout, max_receives, **options):
+    def handle(self, *args, name, owner, on_timeout, **options):
         try:
             queue_name_validator(name)
         except ValidationError as exc:
@@ -28,14 +42,17 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=owner).first()
         if user is None:
             raise CommandError(f"No user named {owner!r}; create one with create_token.")
+        given = {field: options[field] for field in _OPTIONS if options[field] is not None}
         try:
-            queue = queue_create(
-                name=name,
-                owner=user,
-                visibility_timeout=visibility_timeout,
-                on_timeout=on_timeout,
-                max_receives=max_receives,
-            )
+            queue = queue_create(name=name, owner=user, on_timeout=on_timeout, **given)
         except QueueExists:
             raise CommandError(f"A queue named {name!r} already exists.") from None
-        self.stdout.write(f"Created queue {queue.name!r} (owner {owner}, on_timeout={on_timeout}).")
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"--{field.replace('_', '-')}: {' '.join(messages)}" for field, messages in exc.message_dict.items()
+            )
+            raise CommandError(problems) from None
+        self.stdout.write(
+            f"Created queue {queue.name!r} (owner {owner}, on_timeout={on_timeout}, "
+            f"visibility_timeout={queue.visibility_timeout}, max_receives={queue.max_receives})."
+        )
