@@ -179,8 +179,11 @@ def test_queue_create__duplicate_name_409(api, other_api, queue):
 
 @pytest.mark.parametrize(
     "name",
-    ["", "has space", "a" * 81, "jobs\n", " jobs", "jobs\t", "ünïcode", "a/b", "a.b", None, ["jobs"]],
-    ids=["empty", "space", "81-chars", "newline", "lead-space", "tab", "non-ascii", "slash", "dot", "null", "list"],
+    ["", "has space", "a" * 81, "jobs\n", " jobs", "jobs\t", "ünïcode", "a/b", "a.b", None, ["jobs"], 12345, 1.5],
+    ids=[
+        *("empty", "space", "81-chars", "newline", "lead-space", "tab", "non-ascii"),
+        *("slash", "dot", "null", "list", "number", "float"),
+    ],
 )
 def test_queue_create__bad_name_400(api, name):
     response = post(api, f"{API}/queues/", {"name": name})
@@ -653,6 +656,28 @@ def test_send__raw_control_character_bytes_400(api, queue):
 @pytest.mark.parametrize("body", [1, 1.5, None, [], ["x"], {}, {"text": "x"}, True], ids=repr)
 def test_send__non_string_body_400(api, queue, body):
     assert_refused(post(api, qurl("jobs", "messages"), {"body": body}), 400, 0, field="body")
+
+
+@pytest.mark.parametrize("dedup_id", [7, 1e2, 0, True, ["7"]], ids=repr)
+def test_send__non_string_dedup_id_400_and_no_collision(api, queue, dedup_id):
+    """A number is not the string it prints as: 7 would otherwise be a duplicate of "7" and dropped."""
+    send(queue, dedup_id="7")
+    response = post(api, qurl("jobs", "messages"), {"body": "second", "dedup_id": dedup_id})
+    assert_refused(response, 400, 1, field="dedup_id")
+    assert response.json()["dedup_id"] == ["Not a valid string."]
+
+
+@pytest.mark.parametrize("path", ["ack", "extend", "release", "reject"])
+@pytest.mark.parametrize("receipts", [{"receipt": 12345}, {"receipts": [12345]}, {"receipts": ["1.x", 1.5]}], ids=repr)
+def test_receipts__non_string_400_and_nothing_changes(api, queue, path, receipts):
+    send(queue)
+    [leased] = lease(queue)
+    payload = {**receipts, "visibility_timeout": 60} if path == "extend" else receipts
+    response = post(api, qurl("jobs", path), payload)
+    assert_refused(response, 400, 1, field="receipt" if "receipt" in receipts else "receipts")
+    assert "Not a valid string." in str(response.json())
+    message = Message.objects.get()
+    assert (message.status, message.receipt) == ("leased", leased["receipt"])
 
 
 @pytest.mark.parametrize("payload", [{"body": ""}, {}, {"attributes": {"a": "b"}}], ids=["blank", "empty", "no-body"])

@@ -20,6 +20,25 @@ _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}\Z")
 _DEDUP_ID = re.compile(r"\A[!-~]{1,128}\Z")
 
 
+class StringOnly:
+    """For a string field: takes only JSON strings, so 7 is not silently the dedup id, name or receipt "7"."""
+
+    default_error_messages = {"not_a_string": "Not a valid string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class StrictString(StringOnly, serializers.CharField):
+    pass
+
+
+class StrictRegex(StringOnly, serializers.RegexField):
+    pass
+
+
 class StrictText(serializers.CharField):
     """A string field that takes only JSON strings (no numbers coerced) and SQS's characters."""
 
@@ -90,7 +109,7 @@ def _queue_setting_fields(*, required_name: bool) -> dict:
         "max_message_bytes": StrictInteger(required=False, min_value=1, max_setting="MAX_MESSAGE_BYTES"),
     }
     if required_name:
-        fields["name"] = serializers.RegexField(
+        fields["name"] = StrictRegex(
             rf"^{QUEUE_NAME_PATTERN}\Z",
             max_length=80,
             # Not trimmed: " jobs\n" is an invalid name, not a request for "jobs".
@@ -153,7 +172,7 @@ class MessageIn(StrictSerializer):
     body = StrictText(allow_blank=False)
     attributes = AttributesField(required=False)
     delay_seconds = StrictInteger(required=False, min_value=0, max_setting="MAX_DELAY_SECONDS")
-    dedup_id = serializers.RegexField(
+    dedup_id = StrictRegex(
         _DEDUP_ID.pattern,
         required=False,
         trim_whitespace=False,
@@ -211,8 +230,8 @@ class ReceiptsIn(StrictSerializer):
 
     schema_constraints = {"oneOf": [{"required": ["receipt"]}, {"required": ["receipts"]}]}
 
-    receipt = serializers.CharField(required=False, max_length=64, trim_whitespace=False)
-    receipts = LimitedList(child=serializers.CharField(max_length=64, trim_whitespace=False), required=False)
+    receipt = StrictString(required=False, max_length=64, trim_whitespace=False)
+    receipts = LimitedList(child=StrictString(max_length=64, trim_whitespace=False), required=False)
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
