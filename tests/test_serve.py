@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -70,6 +71,29 @@ def test_serve__expired_lease_lands_in_review_with_no_manual_step(served):
     # Ctrl-C stops the web server and the scheduler together, cleanly.
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=40) == 0
+
+
+def test_serve__a_chunked_body_answers_411_and_leases_nothing(served):
+    """Without Content-Length Django would read the body as empty: a receive with defaults, a send of nothing."""
+    _, base, token = served
+    assert _call(f"{base}/queues/", token, {"name": "chunked"})[0] == 201
+    assert _call(f"{base}/queues/chunked/messages/", token, {"body": "waiting"})[0] == 201
+    host, port = base.split("/")[2].split(":")
+    body = json.dumps({"max_messages": 5, "visibility_timeout": 600, "consumer": "chunky"}).encode()
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request(
+        "POST",
+        "/api/v1/queues/chunked/receive/",
+        body=iter([body]),  # an iterable body goes out chunked
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        encode_chunked=True,
+    )
+    response = connection.getresponse()
+    assert response.status == 411
+    assert json.loads(response.read())["code"] == "length_required"
+    connection.close()
+    status, queue = _call(f"{base}/queues/chunked/", token)
+    assert (status, queue["ready"], queue["leased"]) == (200, 1, 0)
 
 
 @pytest.mark.skipif(

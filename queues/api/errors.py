@@ -92,3 +92,22 @@ def server_error(request):
     if request.path_info.startswith(_API_PREFIX):
         return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)
     return defaults.server_error(request)
+
+
+class LengthRequiredMiddleware:
+    """411 for a request whose body comes without Content-Length (`Transfer-Encoding: chunked`).
+
+    Django reads such a body as empty: a receive would lease with every parameter dropped and an
+    invalid body would pass as `{}`. Refusing it first means nothing is read or changed.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if "HTTP_TRANSFER_ENCODING" not in request.META:
+            return self.get_response(request)
+        detail = "Send the body with a Content-Length header; chunked transfer encoding is not supported."
+        if request.path_info.startswith(_API_PREFIX):
+            return JsonResponse({"detail": detail, "code": "length_required"}, status=411)
+        return HttpResponse(detail, content_type="text/plain", status=411)
