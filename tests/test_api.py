@@ -1755,6 +1755,18 @@ def test_docs__page_200(db, client):
     assert b"/api/v1/schema/" in response.content
 
 
+@pytest.mark.parametrize("path", ["docs", "schema", "health"])
+def test_docs_schema_health__every_method_answers_4xx_or_2xx(db, client, path):
+    for method in ("get", "head", "options", "post", "put", "patch", "delete"):
+        response = getattr(client, method)(f"{API}/{path}/")
+        assert response.status_code < 500, (method, response.status_code)
+
+
+def test_docs__options_names_the_methods(db, client):
+    response = client.options(f"{API}/docs/")
+    assert (response.status_code, response["Allow"]) == (200, "GET, HEAD, OPTIONS")
+
+
 # --- authentication -----------------------------------------------------------------------
 
 QUEUE_ENDPOINTS = [

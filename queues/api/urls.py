@@ -1,9 +1,9 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import SimpleRouter
 
-from queues.api.views import HealthView, QueueViewSet
+from queues.api.views import DocsView, HealthView, QueueViewSet
 
 router = SimpleRouter()
 router.register("queues", QueueViewSet, basename="queue")
@@ -11,10 +11,6 @@ router.register("queues", QueueViewSet, basename="queue")
 urlpatterns = [
     path("health/", HealthView.as_view(), name="health"),
     path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
-    path(
-        "docs/",
-        SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[AllowAny]),
-        name="docs",
-    ),
+    path("docs/", DocsView.as_view(url_name="schema", permission_classes=[AllowAny]), name="docs"),
     *router.urls,
 ]
