@@ -9,12 +9,17 @@ and changes nothing, the second (with `post=yes`) acts, logs and reports a count
 from __future__ import annotations
 
 import json
+from datetime import MAXYEAR, MINYEAR
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import get_fields_from_path
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -111,6 +116,90 @@ class ReadOnlyMixin:
         return False
 
 
+# Django turns each of a date hierarchy's values into a datetime and catches only ValueError:
+# a 20-digit year overflows, and year 9999 overflows when Django adds the year after. One year
+# of margin at each end also keeps the bounds representable after a time-zone shift.
+_DATE_PARTS = (("year", MINYEAR + 1, MAXYEAR - 1), ("month", 1, 12), ("day", 1, 31))
+
+
+def _check_dates(field: str, params) -> None:
+    """Out-of-range date hierarchy values answer as malformed ones do (Django's ?e=1), not with a 500."""
+    for part, low, high in _DATE_PARTS:
+        values = params.get(f"{field}__{part}")
+        if values is None:
+            continue
+        try:
+            value = int(values[-1])  # the value Django uses
+        except ValueError as error:
+            raise IncorrectLookupParameters(error) from error
+        if not low <= value <= high:
+            raise IncorrectLookupParameters(f"{field}__{part} is out of range")
+
+
+class StrictChangeList(ChangeList):
+    """A changelist that filters only through its admin's list filters and date hierarchy.
+
+    Django applies every query-string parameter no filter consumed as a lookup on the model's own
+    fields (`?body__regex=(`, `?created_at__year=99999`), and the database answers some with a 500.
+    """
+
+    def get_filters(self, request):
+        params = self.get_filters_params()
+        if self.date_hierarchy:
+            _check_dates(self.date_hierarchy, params)
+        specs, has_filters, remaining, may_have_duplicates, has_active_filters = super().get_filters(request)
+        unconsumed = set(remaining)
+        if self.date_hierarchy and f"{self.date_hierarchy}__year" in params:
+            # The date hierarchy's year, month and day come back as these two bounds.
+            unconsumed -= {f"{self.date_hierarchy}__gte", f"{self.date_hierarchy}__lt"}
+        unconsumed -= self._bare_names()
+        if unconsumed:
+            raise DisallowedModelAdminLookup(f"Filtering by {', '.join(sorted(unconsumed))} not allowed")
+        return specs, has_filters, remaining, may_have_duplicates, has_active_filters
+
+    def _bare_names(self) -> set[str]:
+        """Filtered fields by their bare name (`?review_reason=timeout`): an exact match, which links have used."""
+        # Not relations: their filter links by `queue__id__exact`, and a bare `?queue=` compares an unchecked
+        # id, which overflows at 20 digits. Any other lookup on a field (`__regex`, `__year`) stays refused.
+        names = set()
+        for item in self.list_filter:
+            path = item[0] if isinstance(item, (list, tuple)) else item
+            if isinstance(path, str) and not get_fields_from_path(self.model, path)[-1].is_relation:
+                names.add(path)
+        return names
+
+
+def _is_pk(field, raw: str) -> bool:
+    """Whether `raw` converts to a value of the primary key field, in its column's range."""
+    try:
+        field.run_validators(field.to_python(raw))
+    except ValidationError:
+        return False
+    return True
+
+
+class StrictInputMixin:
+    """Malformed input answers 4xx (or Django's ?e=1) or is ignored, never a 500: every admin of the app has it."""
+
+    def get_changelist(self, request, **kwargs):
+        return StrictChangeList
+
+    def lookup_allowed(self, lookup, value, request):
+        # PostgreSQL refuses U+0000 in a query, with a 500. (Django's search form already refuses it in `q`.)
+        return "\x00" not in value and super().lookup_allowed(lookup, value, request)
+
+    def response_action(self, request, queryset):
+        # Django filters the queryset by the posted ids before the action runs, and one malformed id
+        # ("abc", "²", 20 digits) is a ValueError there: drop those, so the action acts on the valid
+        # ids only, and Django says "Items must be selected" when none is left.
+        posted = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        valid = [raw for raw in posted if _is_pk(self.opts.pk, raw)]
+        if len(valid) < len(posted):
+            request.POST = request.POST.copy()
+            request.POST.setlist(helpers.ACTION_CHECKBOX_NAME, valid)
+        return super().response_action(request, queryset)
+
+
 class IdSearchMixin:
     """Search that also matches an integer term against `id_search_field` exactly (using its index)."""
 
@@ -119,7 +208,8 @@ class IdSearchMixin:
     def get_search_results(self, request, queryset, search_term):
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip().lstrip("#")
-        if term.isdigit() and len(term) < 19:
+        # isdigit() alone takes '²', which int() refuses: such a term is text, like any other.
+        if term.isascii() and term.isdigit() and len(term) < 19:
             results |= queryset.filter(**{self.id_search_field: int(term)})
         return results, may_have_duplicates
 
@@ -217,7 +307,7 @@ _REVIEW_FIELDS = (
 
 
 @admin.register(ReviewItem)
-class ReviewItemAdmin(ReadOnlyMixin, IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
+class ReviewItemAdmin(StrictInputMixin, ReadOnlyMixin, IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
     """Messages waiting for an operator: who held them, when, how often; requeue or discard."""
 
     list_display = (
@@ -365,7 +455,7 @@ def _not_in_review(count: int) -> str:
 
 
 @admin.register(ReviewDecision)
-class ReviewDecisionAdmin(ReadOnlyMixin, IdSearchMixin, admin.ModelAdmin):
+class ReviewDecisionAdmin(StrictInputMixin, ReadOnlyMixin, IdSearchMixin, admin.ModelAdmin):
     """The review log: every requeue, discard and late ack, kept after the message is gone. Read-only."""
 
     id_search_field = "message_id"
@@ -394,7 +484,7 @@ class ReviewDecisionAdmin(ReadOnlyMixin, IdSearchMixin, admin.ModelAdmin):
 # --- Queues and their messages ---------------------------------------------------------
 
 
-class QueueChangeList(ChangeList):
+class QueueChangeList(StrictChangeList):
     """Attaches live counts to the page's queues with one queue_counts call (no query per row)."""
 
     def get_results(self, request):
@@ -421,7 +511,7 @@ def _count_column(name: str):
 
 
 @admin.register(Queue)
-class QueueAdmin(admin.ModelAdmin):
+class QueueAdmin(StrictInputMixin, admin.ModelAdmin):
     """Queues with their live counts; settings are saved through queue_create / queue_update."""
 
     list_display = (
@@ -533,7 +623,7 @@ class LiveStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyMixin, IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
+class MessageAdmin(StrictInputMixin, ReadOnlyMixin, IdSearchMixin, MessageDetailMixin, admin.ModelAdmin):
     """Live messages (acked tombstones hidden), read-only: states change only through the services."""
 
     list_display = (
@@ -602,7 +692,7 @@ TOKEN_FIELDS = ("name", "user", "key_prefix", "created_at", "last_used_at", "exp
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(StrictInputMixin, admin.ModelAdmin):
     """API tokens: created through token_create (the key is shown once), revoked through token_revoke.
 
     The digest is never shown; existing tokens are read-only.
