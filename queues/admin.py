@@ -349,6 +349,12 @@ class ReviewItemAdmin(StrictInputMixin, ReadOnlyMixin, IdSearchMixin, MessageDet
     def has_review_permission(self, request):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
 
+    def changelist_view(self, request, extra_context=None):
+        # Leases that ran out since the last sweep are in review by time (rule 2): list them too.
+        # One sweep batch at most; the scheduled sweep does the rest of a large backlog.
+        services.leases_sweep(max_batches=1)
+        return super().changelist_view(request, extra_context)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         actions = self.get_actions(request)
         extra_context = {

@@ -115,6 +115,17 @@ def test_review_changelist__shows_items_with_consumer_and_user(admin_client, job
     assert {item.pk for item in response.context["cl"].result_list} == set(ids)
 
 
+def test_review_changelist__lists_a_lease_run_out_since_the_last_sweep(admin_client, jobs, worker):
+    past = timezone.now() - dt.timedelta(hours=1)
+    [message] = MessageFactory.create_batch(1, queue=jobs, sent_at=past)
+    services.message_receive(queue=jobs, consumer="slow", user=worker, max_messages=1, now=past)  # never swept
+
+    response = admin_client.get(REVIEW_URL)
+
+    assert [item.pk for item in response.context["cl"].result_list] == [message.pk]
+    assert "slow" in response.content.decode()
+
+
 def test_review_changelist__search_by_id_and_body_and_filter_by_consumer(admin_client, jobs):
     [first] = in_review(jobs, 1, consumer="a", body="invoice failed")
     [second] = in_review(jobs, 1, consumer="b", body="receipt sent")

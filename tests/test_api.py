@@ -1425,6 +1425,28 @@ def test_review_list__only_this_queue_and_only_review(api, queue, user):
     assert [item["id"] for item in response.json()["results"]] == [mine]
 
 
+def test_review__a_lease_run_out_before_the_sweep_is_listed_and_decided(api, queue, user):
+    """Expiry is decided by time (rule 2): the review list and its actions do not wait for the sweep."""
+    past = timezone.now() - dt.timedelta(seconds=120)
+    listed, requeued, discarded, live = (send(queue, body, now=past) for body in ("a", "b", "c", "d"))
+    lease(queue, n=3, now=past, consumer="slow", visibility_timeout=10)
+    lease(queue, consumer="busy")
+    assert api.get(qurl("jobs")).json()["review"] == 3
+
+    items = api.get(qurl("jobs", "review")).json()["results"]
+    assert sorted(item["id"] for item in items) == [listed, requeued, discarded]
+    assert {(item["consumer"], item["reason"]) for item in items} == {("slow", "timeout")}
+    assert Message.objects.get(id=live).status == "leased"
+    Message.objects.filter(id__in=[requeued, discarded]).update(status="leased")  # as if just now run out, unswept
+    requeue = post(api, qurl("jobs", "review/requeue"), {"ids": [requeued, live]}).json()["results"]
+    discard = post(api, qurl("jobs", "review/discard"), {"ids": [discarded]}).json()["results"]
+    assert [r["status"] for r in requeue + discard] == ["requeued", "not_found", "discarded"]
+    assert Message.objects.get(id=requeued).status == "ready"
+    assert not Message.objects.filter(id=discarded).exists()
+    assert Message.objects.get(id=live).status == "leased"
+    assert [d["outcome"] for d in api.get(qurl("jobs", "review")).json()["results"][0]["deliveries"]] == ["expired"]
+
+
 def test_review_list__filter_by_reason(api, queue):
     past = timezone.now() - dt.timedelta(seconds=60)
     send(queue, now=past)

@@ -76,6 +76,15 @@ def test_requeue_review__dry_run_changes_nothing_then_filters_apply():
     assert "Requeued 0 review items." in run("requeue_review", "--queue", "other", "--older-than", "86400")
 
 
+def test_requeue_review__takes_leases_run_out_since_the_last_sweep():
+    queue = QueueFactory(name="mail")
+    past = timezone.now() - dt.timedelta(hours=1)
+    MessageFactory.create_batch(2, queue=queue, sent_at=past)
+    services.message_receive(queue=queue, consumer="a", max_messages=2, now=past)  # run out, never swept
+    assert "Requeued 2 review items." in run("requeue_review", "--queue", "mail")
+    assert Message.objects.filter(queue=queue, status="ready").count() == 2
+
+
 def test_purge_queue__deletes_ready_only():
     queue = QueueFactory(name="p")
     MessageFactory.create_batch(4, queue=queue)

@@ -179,6 +179,16 @@ def test_leases_sweep__batches_of_mixed_kinds_move_each_lease_once(mixed, batch_
     assert set(expired_history().values()) <= {1, 2} and sum(expired_history().values()) == 8
 
 
+def test_leases_sweep__only_the_queues_and_batches_asked_for(mixed, queue, requeue_queue):
+    assert leases_sweep(now=at(100), queue_ids=[]).total == 0
+    one = leases_sweep(now=at(100), queue_ids=[queue.id], batch_size=1, max_batches=1)
+    assert (one.review, one.ready, one.batches) == (1, 0, 1)
+    rest = leases_sweep(now=at(100), queue_ids=[queue.id], batch_size=1)
+    assert (rest.review, rest.batches) == (1, 1)
+    assert Message.objects.filter(queue=requeue_queue, status="leased").count() == 4
+    assert leases_sweep(now=at(100)).total == 4
+
+
 def test_leases_sweep__equal_expiry_times_split_across_batches(queue):
     # One receive leases all 25 with the same expiry: the keyset must go on by id, not by time.
     ids = lease(queue, 25, now=T0)
@@ -241,7 +251,7 @@ def test_leases_sweep__finding_the_due_queues_probes_the_leased_index(queue):
     expired_leases_create(queue=queue, count=2_000, expired_at=T0)
     with connection.cursor() as cursor:
         explain = "EXPLAIN" if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN"
-        cursor.execute(f"{explain} {leases_module._DUE_QUEUES}", {"now": leases_module.db_dt(at(1))})
+        cursor.execute(f"{explain} {leases_module._DUE_QUEUES.format(among='')}", {"now": leases_module.db_dt(at(1))})
         plan = "\n".join(str(row[-1] if connection.vendor == "sqlite" else row[0]) for row in cursor.fetchall())
 
     assert "message_leased_idx" in plan, plan

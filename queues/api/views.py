@@ -296,6 +296,8 @@ class QueueViewSet(viewsets.ViewSet):
         """The messages waiting for a decision, newest first, a page at a time."""
         queue = self.get_queue(name, MANAGE)
         filters = _valid(s.ReviewListIn, request.query_params)
+        # Leases that ran out since the last sweep are in review by time (rule 2): list them too.
+        services.leases_sweep(queue_ids=[queue.id], max_batches=1)
         items = (
             ReviewItem.objects.filter(queue=queue, **filters)
             .select_related("leased_by")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from django.utils import timezone
 
 from queues.models import Queue, ReviewItem
+from queues.services.leases import leases_sweep
 from queues.services.review import review_requeue
 
 
@@ -45,6 +46,10 @@ def review_requeue_matching(
 ) -> int:
     """REVIEW -> READY for every item matching `filters`, `batch_size` a transaction; returns how many."""
     now = now or timezone.now()
+    # Leases that have run out are in review by time (rule 2), whether or not the sweep has been.
+    named = filters.get("queue")
+    queue_ids = list(Queue.objects.filter(name=named).values_list("id", flat=True)) if named else None
+    leases_sweep(now=now, queue_ids=queue_ids)
     total = 0
     after_id = 0
     while True:

@@ -115,6 +115,18 @@ def leases_expire_for_queue(*, queue_id: int, now: dt.datetime) -> dict[str, int
     return _expire(now=now, scope=f"{MESSAGE}.queue_id = %s", params=[queue_id])
 
 
+def leases_expire_ids(*, queue_id: int, ids: Sequence[int], now: dt.datetime) -> dict[str, int]:
+    """LEASED -> READY/REVIEW for those of these messages whose lease has run out; call inside a transaction.
+
+    A review decision on a message whose lease ran out since the last sweep finds it in review
+    (rule 2: expiry is decided by time), not "not found".
+    """
+    if not ids:
+        return {"review": 0, "ready": 0}
+    scope = f"{MESSAGE}.queue_id = %s AND {MESSAGE}.id IN ({marks(ids)})"
+    return _expire(now=now, scope=scope, params=[queue_id, *ids])
+
+
 @dataclass
 class SweepResult:
     review: int = 0
@@ -148,7 +160,7 @@ _LEASED = _leased("%(queue)s")
 # subquery, so that no plan reads every leased row to find them).
 _DUE_QUEUES = f"""
 SELECT q.id FROM {QUEUE} AS q
-WHERE (SELECT 1 FROM {MESSAGE} WHERE {_leased("q.id")} LIMIT 1) IS NOT NULL
+WHERE (SELECT 1 FROM {MESSAGE} WHERE {_leased("q.id")} LIMIT 1) IS NOT NULL {{among}}
 ORDER BY q.id
 """
 
@@ -307,14 +319,27 @@ def leases_sweep(
     now: dt.datetime | None = None,
     batch_size: int | None = None,
     progress: Callable[[SweepResult], None] | None = None,
+    queue_ids: Sequence[int] | None = None,
+    max_batches: int | None = None,
 ) -> SweepResult:
-    """LEASED -> REVIEW / READY for every lease expired at `now`, in transactions of at most `batch_size` rows."""
+    """LEASED -> REVIEW / READY for every lease expired at `now`, in transactions of at most `batch_size` rows.
+
+    `queue_ids` limits it to those queues, `max_batches` to that many transactions (a review list
+    catching up before it is shown does one at most, and the scheduled sweep the rest).
+    """
     now = now or timezone.now()
     batch_size = batch_size or app_settings.SWEEP_BATCH
     step = _batch_postgresql if connection.vendor == "postgresql" else _batch_sqlite
-    walk = _Walk(now=db_dt(now), queues=deque(row["id"] for row in fetch(_DUE_QUEUES, {"now": db_dt(now)})))
+    params: dict = {"now": db_dt(now)}
+    among = ""
+    if queue_ids is not None:
+        if not queue_ids:
+            return SweepResult()
+        among = f"AND q.id IN ({', '.join(f'%(q{i})s' for i in range(len(queue_ids)))})"
+        params.update({f"q{i}": queue_id for i, queue_id in enumerate(queue_ids)})
+    walk = _Walk(now=db_dt(now), queues=deque(row["id"] for row in fetch(_DUE_QUEUES.format(among=among), params)))
     result = SweepResult()
-    while walk.queues:
+    while walk.queues and (max_batches is None or result.batches < max_batches):
         with transaction.atomic():
             batch = step(walk, batch_size)
         if not batch.claimed:

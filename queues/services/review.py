@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from queues.models import Queue, ReviewDecision
 from queues.services._sql import MESSAGE, db_dt, fetch, marks
-from queues.services.leases import deliveries_record_timed_out
+from queues.services.leases import deliveries_record_timed_out, leases_expire_ids
 
 
 def _log(*, queue: Queue, rows: list[dict], action: str, operator, actor: str, note: str, delay: int, now) -> None:
@@ -52,6 +52,7 @@ def review_requeue(
     if not ids:
         return []
     with transaction.atomic():
+        leases_expire_ids(queue_id=queue.id, ids=ids, now=now)  # in review by time, if not yet by the sweep
         deliveries_record_timed_out(queue_id=queue.id, ids=ids)
         rows = fetch(
             f"""
@@ -89,6 +90,7 @@ def review_discard(
     if not ids:
         return []
     with transaction.atomic():
+        leases_expire_ids(queue_id=queue.id, ids=ids, now=now)
         deliveries_record_timed_out(queue_id=queue.id, ids=ids)  # history outlives the message until pruned
         rows = fetch(
             f"""
