@@ -1251,6 +1251,41 @@ def test_extend__expired_lease_is_stale(api, queue):
     assert snapshot() == before
 
 
+@pytest.mark.parametrize("path", ["extend", "release", "reject"])
+def test_lease_calls__an_acked_message_is_stale_not_acked(api, queue, path):
+    """Extend, release and reject need a live lease: on an acked message they change nothing and say so."""
+    send(queue)
+    [leased] = lease(queue)
+    assert post(api, qurl("jobs", "ack"), {"receipt": leased["receipt"]}).status_code == 200
+    before = snapshot()
+    extra = {"visibility_timeout": 60} if path == "extend" else {}
+
+    single = post(api, qurl("jobs", path), {"receipt": leased["receipt"], **extra})
+    batch = post(api, qurl("jobs", path), {"receipts": [leased["receipt"]], **extra})
+
+    assert (single.status_code, single.json()) == (409, {"detail": "The message has been acked.", "code": "stale"})
+    assert batch.json()["results"] == [
+        {"receipt": leased["receipt"], "status": "stale", "detail": "The message has been acked."}
+    ]
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("path", ["ack", "extend", "release", "reject"])
+def test_lease_calls__a_stale_receipt_says_why(api, queue, path):
+    send(queue)
+    [leased] = lease(queue)
+    message_id, token = leased["receipt"].split(".")
+    extra = {"visibility_timeout": 60} if path == "extend" else {}
+
+    mistyped = post(api, qurl("jobs", path), {"receipt": f"{message_id}.{token}x", **extra})
+    assert post(api, qurl("jobs", "release"), {"receipt": leased["receipt"]}).status_code == 200
+    released = post(api, qurl("jobs", path), {"receipt": leased["receipt"], **extra})
+
+    assert mistyped.status_code == released.status_code == 409
+    assert "mistyped" in mistyped.json()["detail"]
+    assert released.json()["detail"] == "The message is ready, not leased."
+
+
 @pytest.mark.parametrize("value", [None, -1, 43201, "60", 1.5], ids=["missing", "negative", "too-big", "str", "float"])
 def test_extend__invalid_visibility_timeout_400(api, queue, value):
     send(queue)

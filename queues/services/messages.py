@@ -239,10 +239,11 @@ def _classify_missing(*, queue: Queue, missing: dict[str, int | None], now: dt.d
             verdicts[receipt] = {"status": ACKED_LATE if late else ACKED}
         elif row["receipt"] == receipt and row["status"] == Message.Status.LEASED:
             verdicts[receipt] = {"status": STALE, "detail": "The lease has expired."}
-        elif row["receipt"] == receipt:
+        elif row["receipt"] == receipt or row["receipt"] is None:  # None: released, rejected or requeued
             verdicts[receipt] = {"status": STALE, "detail": f"The message is {row['status']}, not leased."}
         else:
-            verdicts[receipt] = {"status": STALE, "detail": "The message has been delivered again since."}
+            detail = "The receipt is not the one of the message's current delivery: delivered again since, or mistyped."
+            verdicts[receipt] = {"status": STALE, "detail": detail}
     return verdicts
 
 
@@ -347,7 +348,11 @@ def _live_lease_update(
     verdicts = {receipt: {"status": done} for receipt, message_id in parsed.items() if message_id in done_ids}
     missing = {receipt: message_id for receipt, message_id in parsed.items() if receipt not in verdicts}
     if missing:
-        verdicts.update(_classify_missing(queue=queue, missing=missing, now=now))
+        for receipt, verdict in _classify_missing(queue=queue, missing=missing, now=now).items():
+            if verdict["status"] in (ACKED, ACKED_LATE):
+                # Only an ack is still heard for an acked message; this call changed nothing.
+                verdict = {"status": STALE, "detail": "The message has been acked."}
+            verdicts[receipt] = verdict
     return changed, _results(receipts, verdicts)
 
 
