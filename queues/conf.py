@@ -31,7 +31,9 @@ DEFAULTS = {
     "RATE_ANONYMOUS": "120/m",
     "RATE_FAILED_AUTH": "30/m",
     "SNAPSHOT_RETENTION_DAYS": 7,
-    "DECISION_RETENTION_DAYS": 365,
+    # Review decisions are kept for good (the audit trail outlives the messages); a number of
+    # days makes prune delete older ones.
+    "DECISION_RETENTION_DAYS": None,
 }
 
 

@@ -123,6 +123,32 @@ def test_prune__deletes_old_acked_tombstones_only():
     assert services.message_ack(queue=queue, receipts=[recent["receipt"]])[0]["status"] == "acked"
 
 
+def test_prune__keeps_review_decisions_unless_a_retention_is_set(settings):
+    queue = QueueFactory(name="audit")
+    ids = _in_review(queue, 2)
+    services.review_discard(queue=queue, ids=ids, actor="olga")
+    ReviewDecision.objects.update(created_at=timezone.now() - dt.timedelta(days=3650))
+    assert "0 decisions" in run("prune")
+    assert ReviewDecision.objects.count() == 2  # outlives the messages, by default for good
+    settings.WONDERQ_DECISION_RETENTION_DAYS = 365
+    assert "2 decisions" in run("prune")
+    assert not ReviewDecision.objects.exists()
+
+
+def test_prune_and_sweep__show_progress_per_transaction():
+    queue = QueueFactory()
+    past = timezone.now() - dt.timedelta(days=1)
+    MessageFactory.create_batch(3, queue=queue, sent_at=past)
+    received = services.message_receive(queue=queue, max_messages=3, now=past)
+    services.message_ack(queue=queue, receipts=[received[0]["receipt"]], now=past)
+    err = StringIO()
+    call_command("sweep", "--batch-size", "1", stdout=StringIO(), stderr=err)
+    assert err.getvalue().splitlines() == ["  batch 1: 1 moved so far", "  batch 2: 2 moved so far"]
+    err = StringIO()
+    call_command("prune", stdout=StringIO(), stderr=err)
+    assert "so far: 1 acked messages" in err.getvalue()
+
+
 def test_prune__walks_every_queue_tombstones():
     """Tombstones are pruned queue by queue (their index leads with the queue), in every queue."""
     past = timezone.now() - dt.timedelta(days=1)

@@ -293,6 +293,8 @@ for _name in (
     "WONDERQ_SWEEP_BATCH",
     "WONDERQ_MAX_JSON_DEPTH",
     "WONDERQ_AUTH_CACHE_SECONDS",
+    "WONDERQ_SNAPSHOT_RETENTION_DAYS",
+    "WONDERQ_DECISION_RETENTION_DAYS",
 ):
     if _name in os.environ:
         globals()[_name] = int(os.environ[_name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -83,44 +84,48 @@ class PruneResult:
     decisions: int = 0
 
 
-def _delete_in_batches(queryset, batch: int) -> int:
-    """Delete what `queryset` selects, `batch` rows a transaction."""
-    total = 0
+def _delete_in_batches(queryset, batch: int) -> Iterator[int]:
+    """Delete what `queryset` selects, `batch` rows a transaction; yields each transaction's count."""
     while True:
         with transaction.atomic():
             ids = list(queryset.values_list("id", flat=True)[:batch])
             if not ids:
-                return total
+                return
             deleted, _ = queryset.model.objects.filter(id__in=ids).delete()
-        total += deleted
+        yield deleted
         if len(ids) < batch:
-            return total
+            return
 
 
-def prune(*, now: dt.datetime | None = None, batch_size: int | None = None) -> PruneResult:
-    """Delete acked tombstones past retention, history of messages that are gone, old snapshots and decisions."""
+def prune(
+    *,
+    now: dt.datetime | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[PruneResult], None] | None = None,
+) -> PruneResult:
+    """Delete acked tombstones past retention, history of messages that are gone and old snapshots.
+
+    Review decisions only when WONDERQ_DECISION_RETENTION_DAYS is set: by default they are kept.
+    `progress` is called with the counts so far after each transaction.
+    """
     now = now or timezone.now()
     batch = batch_size or app_settings.SWEEP_BATCH
     result = PruneResult()
+
+    def delete(kind: str, queryset) -> None:
+        for deleted in _delete_in_batches(queryset, batch):
+            setattr(result, kind, getattr(result, kind) + deleted)
+            if progress:
+                progress(result)
+
     acked_before = now - dt.timedelta(seconds=app_settings.ACKED_RETENTION_SECONDS)
     for queue_id in Queue.objects.order_by("id").values_list("id", flat=True):
-        result.acked += _delete_in_batches(
-            Message.objects.filter(status=Message.Status.ACKED, queue_id=queue_id, acked_at__lt=acked_before).order_by(
-                "acked_at"
-            ),
-            batch,
-        )
-    result.deliveries = _delete_in_batches(
-        Delivery.objects.filter(~Q(message_id__in=Message.objects.values("id"))).order_by("id"), batch
-    )
-    result.snapshots = _delete_in_batches(
-        QueueSnapshot.objects.filter(taken_at__lt=now - dt.timedelta(days=app_settings.SNAPSHOT_RETENTION_DAYS)),
-        batch,
-    )
-    result.decisions = _delete_in_batches(
-        ReviewDecision.objects.filter(
-            created_at__lt=now - dt.timedelta(days=app_settings.DECISION_RETENTION_DAYS)
-        ).order_by("id"),
-        batch,
-    )
+        tombstones = Message.objects.filter(status=Message.Status.ACKED, queue_id=queue_id, acked_at__lt=acked_before)
+        delete("acked", tombstones.order_by("acked_at"))
+    delete("deliveries", Delivery.objects.filter(~Q(message_id__in=Message.objects.values("id"))).order_by("id"))
+    snapshots_before = now - dt.timedelta(days=app_settings.SNAPSHOT_RETENTION_DAYS)
+    delete("snapshots", QueueSnapshot.objects.filter(taken_at__lt=snapshots_before))
+    if app_settings.DECISION_RETENTION_DAYS is not None:
+        decisions_before = now - dt.timedelta(days=app_settings.DECISION_RETENTION_DAYS)
+        delete("decisions", ReviewDecision.objects.filter(created_at__lt=decisions_before).order_by("id"))
     return result

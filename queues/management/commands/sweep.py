@@ -16,7 +16,7 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be between 1 and 100000")
 
         def progress(result):
-            if verbosity > 1:
+            if verbosity > 0:
                 self.stderr.write(f"  batch {result.batches}: {result.total} moved so far")
 
         result = leases_sweep(batch_size=batch_size, progress=progress)
