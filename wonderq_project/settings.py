@@ -58,9 +58,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and the docs page's static files from the app itself: no CDN, no nginx needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    # A body without Content-Length (chunked) would read as empty: 411 before anything reads it;
-    # and a body an answer left unread is read, so the connection stays usable (queues.api.errors).
-    "queues.api.errors.RequestBodyMiddleware",
+    # A body without Content-Length (chunked) would read as empty: 411 before anything reads it.
+    "queues.api.errors.LengthRequiredMiddleware",
     # Plain send/receive/ack calls are answered here; everything else goes on (queues/api/hotpath.py).
     "queues.api.hotpath.HotPathMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -14,7 +14,6 @@ from rest_framework.exceptions import APIException, Throttled
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from queues.api.parsers import RequestTooLarge
-from queues.conf import app_settings
 
 
 def exception_handler(exc, context):
@@ -95,41 +94,20 @@ def server_error(request):
     return defaults.server_error(request)
 
 
-class RequestBodyMiddleware:
-    """A request's body is either read whole or refused before anything reads it.
+class LengthRequiredMiddleware:
+    """411 for a request whose body comes without Content-Length (`Transfer-Encoding: chunked`).
 
-    - 411 for a body without Content-Length (`Transfer-Encoding: chunked`): Django reads such a
-      body as empty, so a receive would lease with every parameter dropped and an invalid body
-      would pass as `{}`.
-    - A body the answer left unread (a 404 for an unknown queue, a 401, a 405) is read to its end
-      when it is within WONDERQ_MAX_REQUEST_BYTES. gunicorn drains at most 64 KiB of it and then
-      closes the connection, after an answer that said keep-alive: the client's next request on
-      it would fail, and one it retries may be a send made twice.
+    Django reads such a body as empty: a receive would lease with every parameter dropped and an
+    invalid body would pass as `{}`. Refusing it first means nothing is read or changed.
     """
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if "HTTP_TRANSFER_ENCODING" in request.META:
-            detail = "Send the body with a Content-Length header; chunked transfer encoding is not supported."
-            if request.path_info.startswith(_API_PREFIX):
-                return JsonResponse({"detail": detail, "code": "length_required"}, status=411)
-            return HttpResponse(detail, content_type="text/plain", status=411)
-        response = self.get_response(request)
-        if not hasattr(request, "_body"):  # request.body keeps what it read; the hot path reads it so
-            _drain(request)
-        return response
-
-
-def _drain(request) -> None:
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return
-    if 0 < length <= app_settings.MAX_REQUEST_BYTES:
-        try:
-            while request.read(65536):
-                pass
-        except OSError:  # the client went away
-            pass
+        if "HTTP_TRANSFER_ENCODING" not in request.META:
+            return self.get_response(request)
+        detail = "Send the body with a Content-Length header; chunked transfer encoding is not supported."
+        if request.path_info.startswith(_API_PREFIX):
+            return JsonResponse({"detail": detail, "code": "length_required"}, status=411)
+        return HttpResponse(detail, content_type="text/plain", status=411)
