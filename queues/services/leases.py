@@ -124,6 +124,14 @@ def leases_expire_ids(*, queue_id: int, ids: Sequence[int], now: dt.datetime) ->
     if not ids:
         return {"review": 0, "ready": 0}
     scope = f"{MESSAGE}.queue_id = %s AND {MESSAGE}.id IN ({marks(ids)})"
+    if connection.vendor == "postgresql":
+        # Lock them in id order first, as an ack does: the UPDATE's own plan may take them in
+        # expiry order, and a late ack of the same messages meanwhile would then deadlock with it.
+        fetch(
+            f"SELECT id FROM {MESSAGE} WHERE {scope} AND status = 'leased' AND lease_expires_at <= %s"
+            " ORDER BY id FOR UPDATE",
+            [queue_id, *ids, db_dt(now)],
+        )
     return _expire(now=now, scope=scope, params=[queue_id, *ids])
 
 
