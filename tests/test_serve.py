@@ -186,6 +186,22 @@ def test_worker_class__refused_where_it_would_stall_or_is_unknown(tmp_path, valu
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("WONDERQ_DECISION_RETENTION_DAYS", "-1", "WONDERQ_DECISION_RETENTION_DAYS must be 1 or more, got '-1'"),
+        ("WONDERQ_SNAPSHOT_RETENTION_DAYS", "0", "WONDERQ_SNAPSHOT_RETENTION_DAYS must be 1 or more"),
+        ("WONDERQ_MAX_BATCH", "-5", "WONDERQ_MAX_BATCH must be 0 or more"),
+        ("WONDERQ_SWEEP_BATCH", "ten", "WONDERQ_SWEEP_BATCH must be a whole number, got 'ten'"),
+    ],
+)
+def test_settings__a_bad_wonderq_number_is_refused_by_name(tmp_path, variable, value, message):
+    """Before anything runs: a negative retention would make prune delete every decision."""
+    run = _worker_class(f"sqlite:///{tmp_path / 'db.sqlite3'}", **{variable: value})
+    assert run.returncode != 0
+    assert message in run.stderr
+
+
+@pytest.mark.parametrize(
     ("variable", "flag"),
     [
         ("WONDERQ_WORKERS", "--workers"),

@@ -297,7 +297,15 @@ for _name in (
     "WONDERQ_DECISION_RETENTION_DAYS",
 ):
     if _name in os.environ:
-        globals()[_name] = int(os.environ[_name])
+        try:
+            globals()[_name] = int(os.environ[_name])
+        except ValueError:
+            raise ImproperlyConfigured(f"{_name} must be a whole number, got {os.environ[_name]!r}.") from None
+        # A negative retention would put the cutoff in the future: prune would delete everything.
+        if globals()[_name] < (1 if _name.endswith("_DAYS") else 0):
+            raise ImproperlyConfigured(
+                f"{_name} must be {'1' if _name.endswith('_DAYS') else '0'} or more, got {os.environ[_name]!r}."
+            )
 if "WONDERQ_QUEUE_CACHE_SECONDS" in os.environ:
     try:
         WONDERQ_QUEUE_CACHE_SECONDS = float(os.environ["WONDERQ_QUEUE_CACHE_SECONDS"])
