@@ -1105,6 +1105,24 @@ def test_ack__receipt_from_another_queue_not_acked(api, queue, user):
     assert Message.objects.get().status == "leased"
 
 
+@pytest.mark.parametrize("action", ["ack", "extend", "release", "reject"])
+def test_lease_calls__a_receipt_built_from_another_of_its_batch_is_stale(api, queue, action):
+    """Each message of a receive batch has a token of its own: one message's id with another's
+    token names no delivery, and changes nothing."""
+    send(queue, "a")
+    send(queue, "b")
+    first, second = lease(queue, 2)
+    forged = f"{second['id']}.{first['receipt'].partition('.')[2]}"
+    extra = {"visibility_timeout": 60} if action == "extend" else {}
+
+    response = post(api, qurl("jobs", action), {"receipt": forged, **extra})
+
+    assert response.status_code == 409, response.content
+    assert "mistyped" in response.json()["detail"]
+    assert Message.objects.get(id=second["id"]).status == "leased"
+    assert Message.objects.get(id=second["id"]).lease_expires_at == second["lease_expires_at"]
+
+
 def test_ack__repeated_answers_acked_again(api, queue):
     send(queue)
     [leased] = lease(queue)

@@ -163,6 +163,18 @@ def test_message_send__batch_keeps_every_body_attribute_and_delay_in_its_place(q
 # --- receive ------------------------------------------------------------------
 
 
+def test_message_receive__each_message_of_a_batch_gets_a_token_of_its_own(queue):
+    """A receipt is `<id>.<token>`; with one token per batch, one receipt would give away the others."""
+    send(queue, *[f"m{i}" for i in range(50)])
+
+    got = receive(queue, 50)
+
+    tokens = [m["receipt"].partition(".")[2] for m in got]
+    assert len(got) == 50
+    assert len(set(tokens)) == 50
+    assert all(len(token) == 16 and int(token, 16) >= 0 for token in tokens)
+
+
 def test_message_receive__leases_oldest_first_with_fresh_receipts(queue, user):
     oldest = send(queue, "a", now=at(-3))[0]
     middle = send(queue, "b", now=at(-2))[0]

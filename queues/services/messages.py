@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -140,7 +139,8 @@ _ROW_SQLITE = "(%s, 'ready', %s, %s, %s, %s, %s, 0, '', '', '', '')"
 # lets concurrent receivers pass each other, and it keeps its plans). SQLite's
 # write lock serialises receivers, and the status re-check in the outer WHERE keeps the
 # statement a compare-and-swap all the same; SQLite cannot put an UPDATE in a WITH, so Python
-# sorts what it returns.
+# sorts what it returns. Each message's receipt token is drawn in the statement, one per message
+# (migration 0009): holding one receipt of a batch tells nothing of the others.
 _RECEIVE_SQLITE = f"""
     WITH picked AS MATERIALIZED (
         SELECT id FROM {MESSAGE}
@@ -150,7 +150,7 @@ _RECEIVE_SQLITE = f"""
     )
     UPDATE {MESSAGE} SET
         status = 'leased',
-        receipt = CAST({MESSAGE}.id AS TEXT) || '.' || %(token)s,
+        receipt = CAST({MESSAGE}.id AS TEXT) || '.' || lower(hex(randomblob(8))),
         leased_at = %(now)s,
         lease_expires_at = %(expires)s,
         consumer = %(consumer)s,
@@ -162,7 +162,7 @@ _RECEIVE_SQLITE = f"""
 _RECEIVE_PG = """
     SELECT id, body, attributes, receipt, receive_count, sent_at FROM queues_message_receive(
         CAST(%(queue)s AS bigint), CAST(%(now)s AS timestamptz), CAST(%(expires)s AS timestamptz),
-        CAST(%(limit)s AS integer), CAST(%(token)s AS text), CAST(%(consumer)s AS text), CAST(%(user)s AS bigint))
+        CAST(%(limit)s AS integer), CAST(%(consumer)s AS text), CAST(%(user)s AS bigint))
     WITH ORDINALITY AS r ORDER BY r.ordinality"""
 
 
@@ -179,9 +179,7 @@ def message_receive(
     now = now or timezone.now()
     timeout = queue.visibility_timeout if visibility_timeout is None else visibility_timeout
     expires = now + dt.timedelta(seconds=timeout)
-    token = secrets.token_hex(8)
     params = {
-        "token": token,
         "now": db_dt(now),
         "expires": db_dt(expires),
         "consumer": consumer,
