@@ -1710,6 +1710,25 @@ def test_schema__json_by_format_parameter(db, client):
     assert json.loads(response.content)["openapi"].startswith("3.")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("post", "schema/", 405),
+        ("delete", "schema/", 405),
+        ("get", "schema/?format=xml", 404),
+        ("post", "docs/", 405),
+        ("get", "docs/?format=xml", 404),
+    ],
+)
+def test_schema_and_docs__errors_are_json_like_the_rest_of_the_api(db, client, method, path, code):
+    """Their pages are YAML and HTML; an error is the API's `{detail, code}` in JSON all the same."""
+    response = getattr(client, method)(f"{API}/{path}")
+
+    assert response.status_code == code
+    assert response["Content-Type"] == "application/json"
+    assert set(json.loads(response.content)) == {"detail", "code"}
+
+
 def _openapi() -> dict:
     return SchemaGenerator().get_schema(request=None, public=True)
 

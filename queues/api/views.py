@@ -11,12 +11,13 @@ from django.db.models import Prefetch
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
-from drf_spectacular.views import SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -421,7 +422,25 @@ class HealthView(APIView):
         return Response({"status": "ok"})
 
 
-class DocsView(SpectacularSwaggerView):
+class _JsonErrors:
+    """Errors in the API's JSON shape (`{detail, code}`), whatever format the page itself is in.
+
+    The schema's renderers are YAML and JSON, the docs page's HTML: an error (a 405, or a 404 for
+    an unknown `?format=`) would otherwise come in the format negotiated for the page.
+    """
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        if isinstance(response, Response) and response.status_code >= 400:
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+class SchemaView(_JsonErrors, SpectacularAPIView):
+    """The OpenAPI document (YAML by default, JSON with `?format=json`)."""
+
+
+class DocsView(_JsonErrors, SpectacularSwaggerView):
     """The browsable page of the schema.
 
     OPTIONS answers with the allowed methods only: DRF would describe the view through the page's
