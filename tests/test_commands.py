@@ -85,6 +85,19 @@ def test_requeue_review__takes_leases_run_out_since_the_last_sweep():
     assert Message.objects.filter(queue=queue, status="ready").count() == 2
 
 
+def test_requeue_review__dry_run_counts_leases_run_out_since_the_last_sweep():
+    """The dry run shows what the real run would requeue: it too takes in the run-out leases first."""
+    queue = QueueFactory(name="mail")
+    past = timezone.now() - dt.timedelta(hours=1)
+    MessageFactory.create_batch(2, queue=queue, sent_at=past)
+    [held] = services.message_receive(queue=queue, consumer="a", max_messages=1)  # live: not in review
+    services.message_receive(queue=queue, consumer="b", max_messages=1, now=past)  # run out, never swept
+    out = run("requeue_review", "--queue", "mail", "--dry-run")
+    assert "1 review items match" in out and "consumer=b" in out
+    assert not Message.objects.filter(status="ready").exists()
+    assert Message.objects.get(id=held["id"]).status == "leased"
+
+
 def test_purge_queue__deletes_ready_only():
     queue = QueueFactory(name="p")
     MessageFactory.create_batch(4, queue=queue)

@@ -34,6 +34,16 @@ def review_matching(
     return items.order_by("review_at", "id")
 
 
+def review_catch_up(*, queue: str | None = None, now: dt.datetime | None = None) -> None:
+    """Move the leases that have run out into review (or back to ready), in every queue or the one named.
+
+    They are in review by time (rule 2) whether or not the sweep has been: what lists or requeues
+    review items calls this first, as the review lists do.
+    """
+    queue_ids = list(Queue.objects.filter(name=queue).values_list("id", flat=True)) if queue else None
+    leases_sweep(now=now or timezone.now(), queue_ids=queue_ids)
+
+
 def review_requeue_matching(
     *,
     actor: str,
@@ -46,10 +56,7 @@ def review_requeue_matching(
 ) -> int:
     """REVIEW -> READY for every item matching `filters`, `batch_size` a transaction; returns how many."""
     now = now or timezone.now()
-    # Leases that have run out are in review by time (rule 2), whether or not the sweep has been.
-    named = filters.get("queue")
-    queue_ids = list(Queue.objects.filter(name=named).values_list("id", flat=True)) if named else None
-    leases_sweep(now=now, queue_ids=queue_ids)
+    review_catch_up(queue=filters.get("queue"), now=now)
     total = 0
     after_id = 0
     while True:

@@ -5,7 +5,7 @@ import datetime as dt
 from django.core.management.base import BaseCommand, CommandError
 
 from queues.models import Message
-from queues.services.bulk import review_matching, review_requeue_matching
+from queues.services.bulk import review_catch_up, review_matching, review_requeue_matching
 
 
 class Command(BaseCommand):
@@ -18,7 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("--older-than", type=int, metavar="SECONDS", help="Only items in review this long.")
         parser.add_argument("--delay", type=int, default=0, metavar="SECONDS", help="Delay before redelivery.")
         parser.add_argument("--note", default="", help="Kept with each decision.")
-        parser.add_argument("--dry-run", action="store_true", help="Show what would be requeued; change nothing.")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Show what would be requeued and change nothing (leases that have run out are moved to review"
+            " first, as the review lists and the sweep do: they are in review by time).",
+        )
 
     def handle(self, *args, queue, reason, consumer, older_than, delay, note, dry_run, **options):
         if older_than is not None and older_than < 0:
@@ -32,6 +37,7 @@ class Command(BaseCommand):
             "older_than": None if older_than is None else dt.timedelta(seconds=older_than),
         }
         if dry_run:
+            review_catch_up(queue=queue)
             items = review_matching(**filters)
             self.stdout.write(f"{items.count()} review items match. A sample:")
             for item in items.select_related("queue")[:10]:
