@@ -30,7 +30,7 @@ from queues.services import (
     review_discard,
     review_requeue,
 )
-from tests.conftest import function_plans, histories
+from tests.conftest import function_plans, histories, requires_postgres
 from tests.factories import QueueFactory, UserFactory
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -173,6 +173,29 @@ def test_message_receive__each_message_of_a_batch_gets_a_token_of_its_own(queue)
     assert len(got) == 50
     assert len(set(tokens)) == 50
     assert all(len(token) == 16 and int(token, 16) >= 0 for token in tokens)
+
+
+# The statement receive sent before migration 0009, with its one token for the batch.
+_RECEIVE_BEFORE_0009 = """
+    SELECT id, receipt FROM queues_message_receive(
+        CAST(%s AS bigint), CAST(%s AS timestamptz), CAST(%s AS timestamptz),
+        CAST(%s AS integer), CAST(%s AS text), CAST(%s AS text), CAST(%s AS bigint))"""
+
+
+@requires_postgres
+def test_message_receive__code_from_before_0009_still_receives_with_a_token_per_message(queue):
+    """A process still running the code before migration 0009 (a rolling restart) keeps
+    receiving through the old signature; the token it passes is not used."""
+    ids = send(queue, "a", "b", "c")
+
+    with connection.cursor() as cursor:
+        cursor.execute(_RECEIVE_BEFORE_0009, [queue.id, T0, T0 + dt.timedelta(seconds=30), 3, "same", "", None])
+        rows = cursor.fetchall()
+
+    assert sorted(row[0] for row in rows) == sorted(ids)
+    tokens = [receipt.partition(".")[2] for _, receipt in rows]
+    assert len(set(tokens)) == 3 and "same" not in tokens
+    assert Message.objects.filter(id__in=ids, status="leased").count() == 3
 
 
 def test_message_receive__leases_oldest_first_with_fresh_receipts(queue, user):
