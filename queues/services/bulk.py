@@ -35,10 +35,11 @@ def review_matching(
 
 
 def review_catch_up(*, queue: str | None = None, now: dt.datetime | None = None) -> None:
-    """Move the leases that have run out into review (or back to ready), in every queue or the one named.
+    """Sweep the leases that have run out, in every queue or the one named, to the end.
 
-    They are in review by time (rule 2) whether or not the sweep has been: what lists or requeues
-    review items calls this first, as the review lists do.
+    They are in review (or, in a requeue queue, back in ready) by time, rule 2, whether or not the
+    scheduled sweep has been: a bulk requeue and its dry run call this first. (The review lists,
+    which answer while someone waits, sweep one batch at most.)
     """
     queue_ids = list(Queue.objects.filter(name=queue).values_list("id", flat=True)) if queue else None
     leases_sweep(now=now or timezone.now(), queue_ids=queue_ids)

@@ -21,8 +21,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run",
             action="store_true",
-            help="Show what would be requeued and change nothing (leases that have run out are moved to review"
-            " first, as the review lists and the sweep do: they are in review by time).",
+            help="Show what would be requeued and change nothing else. Leases that have run out are first moved"
+            " where their expiry takes them, as the scheduled sweep would (to review, or back to ready in a"
+            " requeue queue), so the count is what a real run would requeue.",
         )
 
     def handle(self, *args, queue, reason, consumer, older_than, delay, note, dry_run, **options):
