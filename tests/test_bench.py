@@ -41,7 +41,7 @@ def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
         for op in ("send", "receive", "ack"):
             latency = r["latency_ms"][op]
             assert 0 < latency["p50"] <= latency["p99"] <= latency["p999"] <= latency["max"], (op, latency)
-        assert r["server_rss_mib"] > 0 and r["cpu_calibration_ms"] > 0
+        assert r["server_rss_mib"] > 0 and r["cpu_calibration_ms"] > 0 and r["ipc_calibration_us"] > 0
     sweep = results[0]["sweep"]
     assert sweep["leases"] == 2000 and sweep["cpu_of"] == "the sweeping thread"
     assert 0 < sweep["cpu_seconds"] <= sweep["seconds"] + 0.02, sweep  # one thread: no more CPU than wall time

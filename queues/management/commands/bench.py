@@ -141,6 +141,37 @@ def cpu_calibration_ms() -> float:
     return round(best * 1000, 1)
 
 
+def ipc_calibration_us(rounds: int = 2000) -> float:
+    """Microseconds for one round trip of a byte between two processes over a socket pair, best of 3.
+
+    The pure-Python calibration does not see a VM whose system calls and context switches have
+    slowed: on 2026-12-03 it read as in the morning while the same code ran a quarter slower.
+    Every request the bench makes is such a round trip, through the kernel, several times over.
+    """
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo: nothing but the socket, then out without running any cleanup
+        parent.close()
+        try:
+            while data := child.recv(1):
+                child.sendall(data)
+        finally:
+            os._exit(0)
+    child.close()
+    best = float("inf")
+    try:
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(rounds):
+                parent.sendall(b"x")
+                parent.recv(1)
+            best = min(best, time.perf_counter() - started)
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    return round(best / rounds * 1e6, 1)
+
+
 def _median_of(runs: list[dict]) -> dict:
     """One result whose every figure is the median of the runs' (each run kept under "runs")."""
 
@@ -149,7 +180,16 @@ def _median_of(runs: list[dict]) -> dict:
         return statistics.median(values) if values else None
 
     result = dict(runs[0])
-    for key in ("sent", "acked", "sent_per_s", "acked_per_s", "server_rss_mib", "server_pss_mib", "cpu_calibration_ms"):
+    for key in (
+        "sent",
+        "acked",
+        "sent_per_s",
+        "acked_per_s",
+        "server_rss_mib",
+        "server_pss_mib",
+        "cpu_calibration_ms",
+        "ipc_calibration_us",
+    ):
         result[key] = median(r[key] for r in runs)
     result["server_pss_growth_pct"] = median(r["server_pss_growth_pct"] for r in runs)
     result["latency_ms"] = {
@@ -312,7 +352,7 @@ class Command(BaseCommand):
         if opts["backlog"]:
             self._backlog(name, opts["backlog"], base, token)
         memory: list[tuple[float, int, int]] = []
-        calibration = cpu_calibration_ms()
+        calibration, ipc = cpu_calibration_ms(), ipc_calibration_us()
         with ProcessPoolExecutor(max_workers=opts["producers"] + opts["consumers"]) as pool:
             futures = [pool.submit(load.produce, base, token, name, batch, seconds) for _ in range(opts["producers"])]
             futures += [pool.submit(load.consume, base, token, name, batch, seconds) for _ in range(opts["consumers"])]
@@ -350,6 +390,7 @@ class Command(BaseCommand):
             },
             "errors": sum(t.errors for t in tallies),
             "cpu_calibration_ms": calibration,
+            "ipc_calibration_us": ipc,
             "error_samples": [s for t in tallies for s in t.error_samples][:5],
             **_memory_summary(memory),
         }
@@ -357,7 +398,7 @@ class Command(BaseCommand):
             result["sweep"] = sweep
         self.stderr.write(
             f"  sent {result['sent_per_s']:,.0f}/s, acked {result['acked_per_s']:,.0f}/s, errors {result['errors']}"
-            f" (CPU calibration {calibration} ms)"
+            f" (CPU calibration {calibration} ms, round trip {ipc} µs)"
         )
         return result
 
