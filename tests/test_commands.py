@@ -235,7 +235,7 @@ _FUNCTIONS = """
 from django.db import connection
 with connection.cursor() as cursor:
     cursor.execute(
-        "SELECT proname, pronargs FROM pg_proc WHERE proname LIKE 'queues_message_%' ORDER BY proname, pronargs"
+        "SELECT proname, pronargs FROM pg_proc WHERE proname LIKE 'queues\\_%' ORDER BY proname, pronargs"
     )
     print("functions:", *[f"{name}/{args}" for name, args in cursor.fetchall()])
 """
@@ -245,7 +245,7 @@ with connection.cursor() as cursor:
 def test_migrate__receive_and_ack_functions_forward_back_and_forward(tmp_path):
     """Migrations 0006 and 0007 create receive's and ack's functions, and 0009 adds receive's
     without a token parameter (a token per message), keeping the old signature for code that
-    still calls it; reversed, they come back as they were and are dropped, and forward again, a
+    still calls it, and 0010 the sweep's; reversed, they come back as they were and are dropped, and forward again, a
     message goes through send, receive and ack."""
     with live.fresh_database(tmp_path) as url:
         env = live.project_env(url)
@@ -254,7 +254,12 @@ def test_migrate__receive_and_ack_functions_forward_back_and_forward(tmp_path):
             [line] = [line for line in live.manage(env, "shell", "-c", _FUNCTIONS).splitlines() if "functions:" in line]
             return line.split()[1:]
 
-        latest = ["queues_message_ack/5", "queues_message_receive/6", "queues_message_receive/7"]
+        latest = [
+            "queues_message_ack/5",
+            "queues_message_receive/6",
+            "queues_message_receive/7",
+            "queues_sweep_batch/5",
+        ]
         live.manage(env, "migrate")
         assert functions() == latest
         live.manage(env, "migrate", "queues", "0008")

@@ -23,7 +23,7 @@ from queues.services import (
     review_requeue,
 )
 from queues.services import leases as leases_module
-from tests.conftest import histories, requires_postgres
+from tests.conftest import function_plans, histories, requires_postgres
 from tests.factories import QueueFactory, UserFactory
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -277,39 +277,27 @@ def test_leases_sweep__a_queue_deleted_during_the_sweep_is_stepped_over(queue, u
 
 
 @requires_postgres
-def test_leases_sweep__batch_walks_the_leased_index_in_order_without_sorting(queue):
-    """Stale statistics must not turn a claim into a sort of every leased row (PostgreSQL)."""
+def test_leases_sweep__claims_in_index_order_and_moves_by_ctid_under_stale_statistics(queue):
+    """The sweep's function (migration 0010) plans its claim and move once, here on statistics
+    that say the table is empty while 2,000 leases have run out: the claim must still come off
+    message_leased_idx in key order, never a sort of every leased row, and the move go by ctid
+    straight to the claimed rows, never a scan of the table or of the queue's messages."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Message._meta.db_table}")  # empty: the worst statistics for what follows
     expired_leases_create(queue=queue, count=2_000, expired_at=T0)
-    params = {"now": at(1), "queue": queue.id, "limit": 500, "after_at": T0, "after_id": 0}
 
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(leases_module._CLAIM_SETTINGS)
-        cursor.execute("EXPLAIN " + leases_module._CLAIM_PG.format(after=leases_module._AFTER), params)
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-        transaction.set_rollback(True)
+    results = []
+    plans = function_plans(lambda: results.append(leases_sweep(now=at(1), batch_size=500)))
 
-    assert "Index Scan using message_leased_idx" in plan, plan
-    assert "Sort Key: queues_message.lease_expires_at" not in plan, plan
-
-
-@requires_postgres
-def test_leases_sweep__move_goes_straight_to_the_claimed_rows(queue):
-    """The move is a Tid Scan of the claimed ctids, not a scan of the table or of the queue's messages."""
-    expired_leases_create(queue=queue, count=2_000, expired_at=T0)
-    params = {"now": at(1), "queue": queue.id, "limit": 500}
-
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(leases_module._CLAIM_SETTINGS)
-        cursor.execute(leases_module._CLAIM_PG.format(after="TRUE"), params)
-        claimed, ctids = cursor.fetchone()[:2]
-        cursor.execute(leases_module._MOVE_SETTINGS)
-        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + leases_module._MOVE_PG, {"ctids": ctids})
-        plan = "\n".join(row[0][:200] for row in cursor.fetchall())
-        transaction.set_rollback(True)
-
-    assert claimed == 500
-    assert "Tid Scan on queues_message" in plan, plan
-    assert "Update on queues_message (actual rows=500 " in plan, plan
+    assert results[0].review == 2_000 and results[0].batches == 4
+    claims = [plan for plan in plans if "WITH batch AS MATERIALIZED" in plan]
+    moves = [plan for plan in plans if "WITH moved AS" in plan]
+    assert len(claims) == 5 and len(moves) == 4  # the fifth claim finds the queue empty
+    for claim in claims:
+        assert "Index Scan using message_leased_idx" in claim and "Sort" not in claim, claim
+    for move in moves:
+        assert "Tid Scan on queues_message" in move and "Seq Scan" not in move, move
+        assert "Index Scan" not in move and "Bitmap" not in move, move
 
 
 @requires_postgres

@@ -172,47 +172,20 @@ WHERE (SELECT 1 FROM {MESSAGE} WHERE {_leased("q.id")} LIMIT 1) IS NOT NULL {{am
 ORDER BY q.id
 """
 
-# PostgreSQL: claims, then one move, in one transaction. A claim locks a queue's next rows:
-# SKIP LOCKED steps over rows an ack holds (and over another sweep's). It hands back their
-# ctids, and the move finds them by ctid, a Tid Scan straight to the heap tuple. The lock keeps
-# each row as the claim found it (leased, expired, at that ctid) until the transaction ends, so
-# the move tests nothing again. Joining on id instead left the planner free to hash-join every
-# expired lease on the first batch (0.7 s instead of 0.1 s), and 10,000 primary-key lookups a
-# batch cost more than the Tid Scan (at 300,000 leases the sweep took 0.8 of the time without
-# them). The move writes the history of the leases back in READY from what it returned. Moved
-# rows stay in the index, dead, until vacuum: a queue's next claim starts after its previous
-# one's last (lease_expires_at, id), a row comparison that is an index range, so no claim walks
-# over them again.
-_AFTER = f"({MESSAGE}.lease_expires_at, {MESSAGE}.id) > (%(after_at)s, %(after_id)s)"
-_CLAIM_PG = f"""
-WITH batch AS MATERIALIZED (
-    SELECT {MESSAGE}.ctid, {MESSAGE}.id, {MESSAGE}.lease_expires_at FROM {MESSAGE}
-    WHERE {_LEASED} AND {{after}}
-    ORDER BY {MESSAGE}.lease_expires_at, {MESSAGE}.id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), last AS (
-    SELECT lease_expires_at, MAX(id) AS id FROM batch
-    WHERE lease_expires_at = (SELECT MAX(lease_expires_at) FROM batch) GROUP BY lease_expires_at
-)
-SELECT (SELECT COUNT(*) FROM batch) AS claimed,
-       (SELECT CAST(array_agg(ctid) AS text) FROM batch) AS ctids,
-       (SELECT lease_expires_at FROM last) AS last_at,
-       (SELECT id FROM last) AS last_id
-"""
-_MOVE_PG = f"""
-WITH moved AS (
-    UPDATE {MESSAGE} SET {_SET}
-    FROM {QUEUE} AS q
-    WHERE {MESSAGE}.ctid = ANY(CAST(%(ctids)s AS tid[])) AND q.id = {MESSAGE}.queue_id
-    RETURNING {MESSAGE}.id, {MESSAGE}.queue_id, {MESSAGE}.status, {MESSAGE}.receive_count, {MESSAGE}.consumer,
-              {MESSAGE}.leased_by_id, {MESSAGE}.leased_at, {MESSAGE}.lease_expires_at
-), history AS (
-    INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS}) SELECT {_HISTORY_VALUES} FROM moved WHERE status = 'ready'
-)
-SELECT COUNT(*) FILTER (WHERE status = 'review') AS review, COUNT(*) FILTER (WHERE status = 'ready') AS ready
-FROM moved
-"""
+# PostgreSQL: a batch of one queue is one call of queues_sweep_batch (migration 0010), which
+# claims the queue's next expired leases and moves them. The claim locks them (SKIP LOCKED steps
+# over rows an ack or another sweep holds) and keeps their ctids in the server; the move goes to
+# them by ctid, a Tid Scan straight to the heap tuple, and the lock has kept each row as the claim
+# found it. Moved rows stay in the index, dead, until vacuum: a queue's next claim starts after
+# its previous one's last (lease_expires_at, id), a row comparison that is an index range, so no
+# claim walks over them again. The function's settings leave each statement one plan whatever
+# the statistics (a claim without sorts, the move without index or sequential scans): planned
+# from statistics left stale by a bulk change, a claim sorted every leased row of the queue (a
+# second a batch), and a move priced 10,000 ctids as dearer than reading the whole table.
+_SWEEP_BATCH_PG = """
+SELECT claimed, last_at, last_id, review, ready FROM queues_sweep_batch(
+    CAST(%(queue)s AS bigint), CAST(%(now)s AS timestamptz), CAST(%(limit)s AS integer),
+    CAST(%(after_at)s AS timestamptz), CAST(%(after_id)s AS bigint))"""
 
 # SQLite: a moved row leaves the partial index at once (no dead entries to step over), so a
 # queue's batch is simply its first `limit` entries, and once some of them have moved, the rest
@@ -255,21 +228,6 @@ class _Walk:
     after: dict[int, dict] = field(default_factory=dict)
 
 
-# A claim must come off message_leased_idx in key order. Right after a bulk change the
-# statistics can be stale, and the planner may then sort every leased row of the queue instead
-# (a second a batch); without sorts it has only the right plan. JIT compiling would cost more
-# than the statement itself. Both last until the transaction ends.
-_CLAIM_SETTINGS = "SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)"
-# The move must be a Tid Scan. Priced at a random page a tuple, 10,000 ctids look dearer to the
-# planner than walking all of a queue's messages in an index on the queue, or the whole table,
-# hashing the ctids: each took 2 to 4 times the batch's time at 300,000 rows, growing with the
-# table. Without index and sequential scans, the Tid Scan is its only plan for the message table.
-_MOVE_SETTINGS = (
-    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true),"
-    " set_config('enable_bitmapscan', 'off', true)"
-)
-
-
 def _batch_sqlite(walk: _Walk, limit: int) -> _Batch:
     batch = _Batch()
     with connection.cursor() as cursor:
@@ -302,24 +260,20 @@ def _batch_sqlite(walk: _Walk, limit: int) -> _Batch:
 
 
 def _batch_postgresql(walk: _Walk, limit: int) -> _Batch:
-    fetch(_CLAIM_SETTINGS)
-    claimed, ctids = 0, []
-    while walk.queues and claimed < limit:
+    batch = _Batch()
+    while walk.queues and batch.claimed < limit:
         queue_id = walk.queues[0]
-        after = walk.after.get(queue_id)
-        params = {"now": walk.now, "queue": queue_id, "limit": limit - claimed, **(after or {})}
-        [claim] = fetch(_CLAIM_PG.format(after=_AFTER if after else "TRUE"), params)
-        if claim["claimed"] < params["limit"]:
+        params = {"now": walk.now, "queue": queue_id, "limit": limit - batch.claimed}
+        params.update(walk.after.get(queue_id) or {"after_at": None, "after_id": None})
+        [step] = fetch(_SWEEP_BATCH_PG, params, reuse_plan=True)
+        if step["claimed"] < params["limit"]:
             walk.queues.popleft()  # emptied
-        if claim["claimed"]:
-            walk.after[queue_id] = {"after_at": claim["last_at"], "after_id": claim["last_id"]}
-            claimed += claim["claimed"]
-            ctids.append(claim["ctids"][1:-1])  # '{"(0,1)",...}' -> '"(0,1)",...'
-    if not claimed:
-        return _Batch()
-    fetch(_MOVE_SETTINGS)
-    [moved] = fetch(_MOVE_PG, {"ctids": "{" + ",".join(ctids) + "}"})
-    return _Batch(claimed=claimed, review=moved["review"], ready=moved["ready"])
+        if step["claimed"]:
+            walk.after[queue_id] = {"after_at": step["last_at"], "after_id": step["last_id"]}
+            batch.claimed += step["claimed"]
+            batch.review += step["review"]
+            batch.ready += step["ready"]
+    return batch
 
 
 def leases_sweep(
