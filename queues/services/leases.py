@@ -149,9 +149,9 @@ class SweepResult:
 # --- the sweep ------------------------------------------------------------------
 # The sweep goes queue by queue, each queue's expired leases in the order of message_leased_idx
 # (queue, lease_expires_at, id), at most `limit` rows a transaction. A transaction that empties a
-# queue goes on to the next, so many small queues share one. No row goes to Python as an
-# object: SQLite's statements carry no ids at all, and PostgreSQL's claims hand the move the
-# rows' ctids as text (about 140 KB a transaction of 10,000). A message moved to review is one
+# queue goes on to the next, so many small queues share one. No row goes to Python: SQLite's
+# statements carry no ids at all, and PostgreSQL's function keeps the claimed rows' ctids in the
+# server and answers with counts and where the queue's next claim starts. A message moved to review is one
 # UPDATEd row: its row keeps the delivery until it leaves review (Message.history). One moved
 # back to READY, whose next receive overwrites those fields, also gets its history row. The cost
 # is mostly the index entries these writes make (see migrations 0002 to 0005).
