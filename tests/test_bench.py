@@ -6,12 +6,19 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
-from queues.management.commands.bench import _is_local_host, _postgresql_settings, sweep_cpu_clock
+from queues.management.commands.bench import (
+    _is_local_host,
+    _postgresql_settings,
+    cpu_shares,
+    cpu_times,
+    sweep_cpu_clock,
+)
 from tests.conftest import requires_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +41,9 @@ def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     [report] = (tmp_path / "out").glob("bench-sqlite-*.json")
-    results = json.loads(report.read_text())["results"]
+    written = json.loads(report.read_text())
+    results = written["results"]
+    assert written["meta"]["machine"]["cpu_model"] and written["meta"]["machine"]["kernel"]
     assert [r["batch"] for r in results] == [1, 10]
     for r in results:
         assert r["sent"] > 0 and r["acked"] > 0 and r["errors"] == 0, r
@@ -42,12 +51,29 @@ def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
             latency = r["latency_ms"][op]
             assert 0 < latency["p50"] <= latency["p99"] <= latency["p999"] <= latency["max"], (op, latency)
         assert r["server_rss_mib"] > 0 and r["cpu_calibration_ms"] > 0 and r["ipc_calibration_us"] > 0
+        shares = r["machine_cpu_pct"]
+        assert 99 <= sum(shares.values()) <= 101 and shares["user"] > 0, shares  # the run kept a CPU busy
     sweep = results[0]["sweep"]
     assert sweep["leases"] == 2000 and sweep["cpu_of"] == "the sweeping thread"
     assert 0 < sweep["cpu_seconds"] <= sweep["seconds"] + 0.02, sweep  # one thread: no more CPU than wall time
     assert "s of CPU in the sweeping thread" in run.stdout
     assert [p.suffix for p in sorted((tmp_path / "out").iterdir())] == [".json", ".svg"]
     assert "| batch | sent msg/s |" in run.stdout
+
+
+def test_cpu_shares__split_the_machines_time_between_two_readings():
+    """What the whole machine did during a run: this process spinning shows as busy time."""
+    started, before = time.perf_counter(), cpu_times()
+    while time.perf_counter() - started < 0.3:  # one CPU kept busy for 0.3 s
+        pass
+    shares, wall = cpu_shares(before, cpu_times()), time.perf_counter() - started
+
+    assert set(shares) == {"user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"}
+    assert 99 <= sum(shares.values()) <= 101, shares
+    busy = 100 - shares["idle"] - shares["iowait"] - shares["steal"]
+    # That CPU's share of all CPUs' time (less a tick or two: the kernel counts in ticks of 10 ms).
+    assert busy >= 0.7 * 100 * 0.3 / (os.cpu_count() * wall), (shares, wall)
+    assert cpu_shares(before, before) is None  # no time passed: nothing to split
 
 
 @requires_postgres

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import socket
 import statistics
@@ -177,6 +178,51 @@ def ipc_calibration_us(rounds: int = 2000) -> float:
     return round(best / rounds * 1e6, 1)
 
 
+_CPU_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far in each of _CPU_STATES, all CPUs together (/proc/stat); None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    states = fields[1 : 1 + len(_CPU_STATES)]
+    return [int(value) for value in states] if len(states) == len(_CPU_STATES) else None
+
+
+def cpu_shares(before: list[int] | None, after: list[int] | None) -> dict[str, float] | None:
+    """The percent of the machine's CPU time between two cpu_times() spent in each state.
+
+    "steal" is time the hypervisor gave this VM's CPUs to others; "system" and "softirq" the
+    kernel's, where loopback TCP and the database's I/O are done. A slow moment with little
+    steal is a slower CPU, not a busier host.
+    """
+    if before is None or after is None:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent)
+    return (
+        {state: round(100 * s / total, 1) for state, s in zip(_CPU_STATES, spent, strict=True)} if total > 0 else None
+    )
+
+
+def _machine() -> dict[str, str | None]:
+    """The processor, kernel and Python the figures were measured on."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {
+        "cpu_model": model or platform.processor() or None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
 def _median_of(runs: list[dict]) -> dict:
     """One result whose every figure is the median of the runs' (each run kept under "runs")."""
 
@@ -197,6 +243,8 @@ def _median_of(runs: list[dict]) -> dict:
     ):
         result[key] = median(r[key] for r in runs)
     result["server_pss_growth_pct"] = median(r["server_pss_growth_pct"] for r in runs)
+    shares = [r["machine_cpu_pct"] for r in runs if r["machine_cpu_pct"] is not None]
+    result["machine_cpu_pct"] = {state: median(s[state] for s in shares) for state in _CPU_STATES} if shares else None
     result["latency_ms"] = {
         op: {
             **{q: median(r["latency_ms"][op][q] for r in runs) for q in ("p50", "p99", "p999")},
@@ -358,6 +406,7 @@ class Command(BaseCommand):
             self._backlog(name, opts["backlog"], base, token)
         memory: list[tuple[float, int, int]] = []
         calibration, ipc = cpu_calibration_ms(), ipc_calibration_us()
+        machine_before = cpu_times()
         with ProcessPoolExecutor(max_workers=opts["producers"] + opts["consumers"]) as pool:
             futures = [pool.submit(load.produce, base, token, name, batch, seconds) for _ in range(opts["producers"])]
             futures += [pool.submit(load.consume, base, token, name, batch, seconds) for _ in range(opts["consumers"])]
@@ -371,6 +420,7 @@ class Command(BaseCommand):
                     memory.append((time.monotonic() - started, *_tree_memory_kib(server.pid)))
                 self.stderr.write(f"  {time.monotonic() - started:4.0f}s", ending="\r")
             tallies = [f.result() for f in futures]
+        machine_cpu = cpu_shares(machine_before, cpu_times())
         if sweeper:
             sweeper.join()
         elapsed = max(seconds, 1e-9)
@@ -396,6 +446,7 @@ class Command(BaseCommand):
             "errors": sum(t.errors for t in tallies),
             "cpu_calibration_ms": calibration,
             "ipc_calibration_us": ipc,
+            "machine_cpu_pct": machine_cpu,
             "error_samples": [s for t in tallies for s in t.error_samples][:5],
             **_memory_summary(memory),
         }
@@ -403,7 +454,9 @@ class Command(BaseCommand):
             result["sweep"] = sweep
         self.stderr.write(
             f"  sent {result['sent_per_s']:,.0f}/s, acked {result['acked_per_s']:,.0f}/s, errors {result['errors']}"
-            f" (CPU calibration {calibration} ms, round trip {ipc} µs)"
+            f" (CPU calibration {calibration} ms, round trip {ipc} µs"
+            + (f", steal {machine_cpu['steal']:.0f}%" if machine_cpu else "")
+            + ")"
         )
         return result
 
@@ -455,6 +508,7 @@ class Command(BaseCommand):
             "duration_s": opts["duration"],
             "backlog": opts["backlog"],
             "cpus": os.cpu_count(),
+            "machine": _machine(),
             "when": timezone.now().isoformat(),
         }
         if engine == "postgresql" and not opts["url"]:
