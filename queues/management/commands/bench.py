@@ -244,7 +244,9 @@ def _median_of(runs: list[dict]) -> dict:
         result[key] = median(r[key] for r in runs)
     result["server_pss_growth_pct"] = median(r["server_pss_growth_pct"] for r in runs)
     shares = [r["machine_cpu_pct"] for r in runs if r["machine_cpu_pct"] is not None]
-    result["machine_cpu_pct"] = {state: median(s[state] for s in shares) for state in _CPU_STATES} if shares else None
+    result["machine_cpu_pct"] = (
+        {state: round(median(s[state] for s in shares), 2) for state in _CPU_STATES} if shares else None
+    )
     result["latency_ms"] = {
         op: {
             **{q: median(r["latency_ms"][op][q] for r in runs) for q in ("p50", "p99", "p999")},
