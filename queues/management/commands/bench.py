@@ -197,7 +197,8 @@ def cpu_shares(before: list[int] | None, after: list[int] | None) -> dict[str, f
 
     "steal" is time the hypervisor gave this VM's CPUs to others; "system" and "softirq" the
     kernel's, where loopback TCP and the database's I/O are done. A slow moment with little
-    steal is a slower CPU, not a busier host.
+    steal is not the hypervisor taking the CPUs away: each ran slower while it ran (on
+    2026-12-03 afternoon, half the speed of the morning at 0-5% steal).
     """
     if before is None or after is None:
         return None
