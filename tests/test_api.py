@@ -418,6 +418,48 @@ def test_queue_purge__deletes_ready_and_delayed_only(api, queue, user):
     assert post(api, qurl("jobs", "purge")).json() == {"purged": 0}
 
 
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ('{"not json', "JSON parse error"),
+        ('{"ids": [1], "status": "review"}', "ids"),
+        ('["everything"]', "Expected a dictionary"),
+        ("null", "No data provided"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/queues/jobs/purge/"),
+        ("DELETE", "/api/v1/queues/jobs/"),
+        ("DELETE", "/api/v1/queues/jobs/grants/bob/"),
+    ],
+)
+def test_no_body_calls__a_body_with_anything_in_it_is_400_and_changes_nothing(api, queue, method, path, raw, named):
+    """Purge and the deletes take no fields: one a client thinks narrows them must not purge or delete everything."""
+    send(queue)
+    send(queue, delay_seconds=100)
+    QueueGrantFactory(queue=queue, user=UserFactory(username="bob"), can_send=True)
+    before = snapshot()
+
+    response = api.generic(method, path, raw.encode(), content_type="application/json")
+
+    assert response.status_code == 400, response.content
+    assert named in json.dumps(response.json())
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("raw", [b"", b"{}"])
+def test_no_body_calls__an_empty_body_or_object_is_accepted(api, queue, raw):
+    send(queue)
+    QueueGrantFactory(queue=queue, user=UserFactory(username="bob"), can_send=True)
+
+    assert api.generic("POST", qurl("jobs", "purge"), raw, content_type="application/json").json() == {"purged": 1}
+    assert api.generic("DELETE", qurl("jobs", "grants/bob"), raw, content_type="application/json").status_code == 204
+    assert api.generic("DELETE", qurl("jobs"), raw, content_type="application/json").status_code == 204
+    assert not Queue.objects.filter(name="jobs").exists()
+
+
 # --- send ---------------------------------------------------------------------------------
 
 

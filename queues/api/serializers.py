@@ -265,6 +265,14 @@ class ResultsOut(serializers.Serializer):
     results = ItemResultOut(many=True)
 
 
+class NoBodyIn(StrictSerializer):
+    """Purge and the deletes take no fields: a body, if sent, must be empty or `{}`.
+
+    Otherwise a client that thinks it names what to purge or delete (`{"ids": [...]}`) would
+    purge the whole queue; a malformed body answers 400 as anywhere else.
+    """
+
+
 class PurgeOut(serializers.Serializer):
     purged = serializers.IntegerField()
 

@@ -217,8 +217,10 @@ class QueueViewSet(viewsets.ViewSet):
 
     @extend_schema(responses={204: None})
     def destroy(self, request, name=None):
-        """Delete a queue and every message in it."""
-        services.queue_delete(queue=self.get_queue(name, MANAGE))
+        """Delete a queue and every message in it. Takes no body: one other than `{}` answers 400."""
+        queue = self.get_queue(name, MANAGE)
+        _valid(s.NoBodyIn, request.data)
+        services.queue_delete(queue=queue)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
@@ -280,8 +282,10 @@ class QueueViewSet(viewsets.ViewSet):
     @extend_schema(request=None, responses=s.PurgeOut)
     @action(detail=True, methods=["post"])
     def purge(self, request, name=None):
-        """Delete every READY (and delayed) message."""
-        return Response({"purged": services.queue_purge(queue=self.get_queue(name, MANAGE))})
+        """Delete every READY (and delayed) message. Takes no body: one other than `{}` answers 400."""
+        queue = self.get_queue(name, MANAGE)
+        _valid(s.NoBodyIn, request.data)
+        return Response({"purged": services.queue_purge(queue=queue)})
 
     @extend_schema(
         parameters=[
@@ -392,12 +396,14 @@ class QueueViewSet(viewsets.ViewSet):
     @extend_schema(
         parameters=[_USERNAME],
         responses={204: None, 403: _GRANT_403, 404: _GRANT_404},
-        description="Remove a user's grant: their next request no longer sees the queue.",
+        description="Remove a user's grant: their next request no longer sees the queue."
+        " Takes no body: one other than `{}` answers 400.",
     )
     @grant.mapping.delete
     def grant_delete(self, request, name=None, username=None):
         """Remove one user's grant."""
         queue = self.get_queue(name, MANAGE)
+        _valid(s.NoBodyIn, request.data)
         self._grant_answer(services.grant_delete, queue=queue, username=username)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
