@@ -293,6 +293,20 @@ def test_queue_retrieve__expired_lease_counted_where_time_puts_it(api, queue, re
 
     assert (jobs["ready"], jobs["leased"], jobs["review"]) == (0, 0, 1)
     assert (retry["ready"], retry["leased"], retry["review"]) == (1, 0, 0)
+    # Ready since its lease ran out, 50 s ago, as the sweep would have it (available_at = lease_expires_at).
+    assert jobs["oldest_ready_age_seconds"] is None
+    assert 49 <= retry["oldest_ready_age_seconds"] < 80
+
+
+def test_queue_retrieve__oldest_ready_age_is_the_older_of_ready_and_run_out(api, requeue_queue):
+    now = timezone.now()
+    send(requeue_queue, "run out", now=now - dt.timedelta(seconds=60))
+    lease(requeue_queue, now=now - dt.timedelta(seconds=60), visibility_timeout=10)  # ready 50 s ago
+    send(requeue_queue, "ready", now=now - dt.timedelta(seconds=20))
+
+    assert 49 <= api.get(qurl("retry")).json()["oldest_ready_age_seconds"] < 80
+    send(requeue_queue, "older", now=now - dt.timedelta(seconds=100))
+    assert 99 <= api.get(qurl("retry")).json()["oldest_ready_age_seconds"] < 130
 
 
 @pytest.mark.parametrize(
@@ -416,6 +430,39 @@ def test_queue_purge__deletes_ready_and_delayed_only(api, queue, user):
     assert response.json() == {"purged": 3}
     assert set(Message.objects.values_list("id", flat=True)) == {leased_id, review_id, other_id}
     assert post(api, qurl("jobs", "purge")).json() == {"purged": 0}
+
+
+def test_queue_purge__a_lease_run_out_in_a_requeue_queue_is_ready_and_purged(api, requeue_queue):
+    """No sweep has run: what the counts call ready is purged, as if the sweep had, and not delivered after."""
+    past = timezone.now() - dt.timedelta(seconds=60)
+    send(requeue_queue, "redeliverable", now=past)
+    lease(requeue_queue, now=past, visibility_timeout=10, consumer="slow")
+    spent = send(requeue_queue, "spent", now=past)
+    for _ in range(2):  # max_receives is 2: the second lease running out sends it to review
+        Message.objects.filter(id=spent).update(status=Message.Status.READY)
+        [held] = lease(requeue_queue, now=past, visibility_timeout=10)
+        assert held["id"] == spent
+    assert api.get(qurl("retry")).json()["ready"] == 1
+
+    response = post(api, qurl("retry", "purge"))
+
+    assert response.json() == {"purged": 1}
+    counts = api.get(qurl("retry")).json()
+    assert (counts["ready"], counts["leased"], counts["review"]) == (0, 0, 1)
+    assert post(api, qurl("retry", "receive")).json() == {"messages": []}
+    assert list(Message.objects.values_list("id", "status")) == [(spent, Message.Status.REVIEW)]
+    # The purged message's delivery was recorded as the sweep records it.
+    assert list(Delivery.objects.values_list("consumer", "outcome")) == [("slow", "expired")]
+
+
+def test_queue_purge__a_lease_run_out_in_a_review_queue_stays_for_review(api, queue):
+    past = timezone.now() - dt.timedelta(seconds=60)
+    held = send(queue, now=past)
+    lease(queue, now=past, visibility_timeout=10)
+    send(queue)
+
+    assert post(api, qurl("jobs", "purge")).json() == {"purged": 1}
+    assert list(Message.objects.values_list("id", "status")) == [(held, Message.Status.REVIEW)]
 
 
 @pytest.mark.parametrize(

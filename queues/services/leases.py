@@ -112,27 +112,39 @@ def _expire(*, now: dt.datetime, scope: str, params: list) -> dict[str, int]:
 
 def leases_expire_for_queue(*, queue_id: int, now: dt.datetime) -> dict[str, int]:
     """LEASED -> READY/REVIEW for one queue's expired leases; call inside a transaction."""
-    return _expire(now=now, scope=f"{MESSAGE}.queue_id = %s", params=[queue_id])
+    return _expire_locked(now=now, scope=f"{MESSAGE}.queue_id = %s", params=[queue_id])
 
 
-def leases_expire_ids(*, queue_id: int, ids: Sequence[int], now: dt.datetime) -> dict[str, int]:
+def leases_expire_ids(
+    *, queue_id: int, ids: Sequence[int], now: dt.datetime, receipts: Sequence[str] = ()
+) -> dict[str, int]:
     """LEASED -> READY/REVIEW for those of these messages whose lease has run out; call inside a transaction.
 
     A review decision on a message whose lease ran out since the last sweep finds it in review
-    (rule 2: expiry is decided by time), not "not found".
+    (rule 2: expiry is decided by time), not "not found". With `receipts`, only a lease that was
+    given one of them (a late ack: a stale receipt changes nothing).
     """
     if not ids:
         return {"review": 0, "ready": 0}
     scope = f"{MESSAGE}.queue_id = %s AND {MESSAGE}.id IN ({marks(ids)})"
+    params = [queue_id, *ids]
+    if receipts:
+        scope += f" AND {MESSAGE}.receipt IN ({marks(receipts)})"
+        params += receipts
+    return _expire_locked(now=now, scope=scope, params=params)
+
+
+def _expire_locked(*, now: dt.datetime, scope: str, params: list) -> dict[str, int]:
     if connection.vendor == "postgresql":
         # Lock them in id order first, as an ack does: the UPDATE's own plan may take them in
         # expiry order, and a late ack of the same messages meanwhile would then deadlock with it.
+        # (When none has run out, as on most receives of a requeue queue, a probe of the index.)
         fetch(
             f"SELECT id FROM {MESSAGE} WHERE {scope} AND status = 'leased' AND lease_expires_at <= %s"
             " ORDER BY id FOR UPDATE",
-            [queue_id, *ids, db_dt(now)],
+            [*params, db_dt(now)],
         )
-    return _expire(now=now, scope=scope, params=[queue_id, *ids])
+    return _expire(now=now, scope=scope, params=params)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from django.utils import timezone
 from queues.conf import app_settings
 from queues.models import Message, Queue, QueueGrant
 from queues.services._sql import MESSAGE, QUEUE, db_dt, fetch, marks, py_dt
+from queues.services.leases import leases_expire_for_queue
 
 
 class QueueExists(Exception):
@@ -147,9 +148,18 @@ def queue_delete(*, queue: Queue) -> None:
         queue.delete()
 
 
-def queue_purge(*, queue: Queue) -> int:
-    """READY (and delayed) -> deleted for one queue; returns how many."""
-    deleted, _ = Message.objects.filter(queue=queue, status=Message.Status.READY).delete()
+def queue_purge(*, queue: Queue, now: dt.datetime | None = None) -> int:
+    """READY (and delayed) -> deleted for one queue; returns how many.
+
+    What is READY by time counts too (rule 2): in a requeue queue a lease that has run out with
+    deliveries left, swept or not. Expiry is materialised first, as the sweep would (its history
+    row written, and a lease bound for review moved there), so a purge deletes what the counts
+    call ready and the next receive cannot hand it out.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        leases_expire_for_queue(queue_id=queue.id, now=now)
+        deleted, _ = Message.objects.filter(queue=queue, status=Message.Status.READY).delete()
     return deleted
 
 
@@ -165,6 +175,10 @@ SELECT q.id AS queue_id,
     WHERE m.queue_id = q.id AND m.status = 'ready' AND m.available_at > %s) AS delayed,
   (SELECT MIN(m.available_at) FROM {MESSAGE} m
     WHERE m.queue_id = q.id AND m.status = 'ready' AND m.available_at <= %s) AS oldest_ready,
+  -- A redeliverable lease has been ready since it ran out (the sweep sets available_at so).
+  (SELECT MIN(m.lease_expires_at) FROM {MESSAGE} m
+    WHERE m.queue_id = q.id AND m.status = 'leased' AND m.lease_expires_at <= %s
+      AND q.on_timeout = 'requeue' AND m.receive_count < q.max_receives) AS oldest_redeliverable,
   (SELECT COUNT(*) FROM {MESSAGE} m
     WHERE m.queue_id = q.id AND m.status = 'leased' AND m.lease_expires_at > %s) AS leased,
   (SELECT COUNT(*) FROM {MESSAGE} m
@@ -186,9 +200,12 @@ def queue_counts(*, queue_ids: list[int], now: dt.datetime) -> dict[int, dict]:
     counts = {queue_id: dict(empty) for queue_id in queue_ids}
     if not queue_ids:
         return counts
-    rows = fetch(_COUNTS_SQL.format(ids=marks(queue_ids)), [db_dt(now)] * 6 + list(queue_ids))
+    rows = fetch(_COUNTS_SQL.format(ids=marks(queue_ids)), [db_dt(now)] * 7 + list(queue_ids))
     for row in rows:
-        oldest = py_dt(row["oldest_ready"])
+        oldest = min(
+            (py_dt(row[name]) for name in ("oldest_ready", "oldest_redeliverable") if row[name] is not None),
+            default=None,
+        )
         counts[row["queue_id"]] = {
             "ready": row["due"] + row["redeliverable"],
             "delayed": row["delayed"],
