@@ -241,12 +241,26 @@ with connection.cursor() as cursor:
 """
 
 
+_ACK_LIVE = """
+from django.db import connection
+with connection.cursor() as cursor:
+    cursor.execute("SELECT prosrc FROM pg_proc WHERE proname = 'queues_message_ack'")
+    print("ack knows live:", "'live' = ANY(p_statuses)" in cursor.fetchone()[0])
+"""
+
+
+def ack_knows_live(env: dict) -> bool:
+    """Whether the ack function takes `live` among its statuses (migration 0011)."""
+    [line] = [line for line in live.manage(env, "shell", "-c", _ACK_LIVE).splitlines() if "ack knows live:" in line]
+    return line.endswith("True")
+
+
 @requires_postgres
 def test_migrate__receive_and_ack_functions_forward_back_and_forward(tmp_path):
     """Migrations 0006 and 0007 create receive's and ack's functions, and 0009 adds receive's
     without a token parameter (a token per message), keeping the old signature for code that
-    still calls it, and 0010 the sweep's; reversed, they come back as they were and are dropped, and forward again, a
-    message goes through send, receive and ack."""
+    still calls it, and 0010 the sweep's, and 0011 lets ack be asked for live leases only; reversed, they come back
+    as they were and are dropped, and forward again, a message goes through send, receive and ack."""
     with live.fresh_database(tmp_path) as url:
         env = live.project_env(url)
 
@@ -262,6 +276,9 @@ def test_migrate__receive_and_ack_functions_forward_back_and_forward(tmp_path):
         ]
         live.manage(env, "migrate")
         assert functions() == latest
+        assert ack_knows_live(env)
+        live.manage(env, "migrate", "queues", "0010")  # 0011 back: ack as 0007 made it
+        assert functions() == latest and not ack_knows_live(env)
         live.manage(env, "migrate", "queues", "0008")
         assert functions() == ["queues_message_ack/5", "queues_message_receive/7"]
         live.manage(env, "migrate", "queues", "0005")

@@ -416,16 +416,70 @@ def test_message_ack__one_bad_receipt_does_not_fail_the_others(queue):
     assert statuses(message_ack(queue=queue, receipts=receipts, now=at(1))) == [ACKED, NOT_FOUND, ACKED]
 
 
-def test_message_ack__late_ack_of_an_expired_lease_before_the_sweep(queue):
-    send(queue, "a")
-    [m] = receive(queue, consumer="slow")
-    [result] = message_ack(queue=queue, receipts=[m["receipt"]], now=at(31))
-    assert result["status"] == ACKED_LATE
-    row = Message.objects.get(id=m["id"])
-    assert (row.status, row.acked_from) == (Message.Status.ACKED, "expired")
-    # It never reached review, so there is nothing for an operator to resolve.
-    assert not ReviewDecision.objects.exists()
-    assert leases_sweep(now=at(40)).total == 0
+def _late_ack_records(queue: Queue, *, sweep_first: bool, deliveries: int) -> dict:
+    """Lease a message `deliveries` times, the last lease running out at 31 s, then ack it late at 40 s."""
+    [message_id] = send(queue, "a")
+    for n in range(deliveries):
+        if n:
+            Message.objects.filter(id=message_id).update(status=Message.Status.READY)
+        [m] = receive(queue, consumer=f"worker-{n}")
+    if sweep_first:
+        leases_sweep(now=at(35))
+    [result] = message_ack(queue=queue, receipts=[m["receipt"]], now=at(40))
+    row = Message.objects.filter(id=message_id).values(
+        "status", "acked_from", "acked_at", "review_reason", "review_at", "receive_count", "consumer"
+    )[0]
+    return {
+        "status": result["status"],
+        "message": row,
+        "history": list(Delivery.objects.filter(message_id=message_id).values_list("attempt", "consumer", "outcome")),
+        "decisions": list(
+            ReviewDecision.objects.filter(message_id=message_id).values_list(
+                "action", "actor", "note", "review_reason", "receive_count", "created_at"
+            )
+        ),
+        "after": leases_sweep(now=at(50)).total,
+    }
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "deliveries", "decided"),
+    [("review", 1, True), ("requeue", 1, False), ("requeue", 2, True)],
+    ids=["review-queue", "requeue-queue", "requeue-queue-max-receives-used"],
+)
+def test_message_ack__a_late_ack_leaves_the_same_records_whether_or_not_the_sweep_came_first(
+    user, on_timeout, deliveries, decided
+):
+    """Rule 2: a run-out lease is where time put it, swept or not; so a late ack of it is recorded as after a sweep."""
+    swept, unswept = (
+        QueueFactory(owner=user, name=name, on_timeout=on_timeout, max_receives=2) for name in ("swept", "unswept")
+    )
+
+    after_sweep = _late_ack_records(swept, sweep_first=True, deliveries=deliveries)
+    before_sweep = _late_ack_records(unswept, sweep_first=False, deliveries=deliveries)
+
+    assert before_sweep == after_sweep
+    assert before_sweep["status"] == ACKED_LATE
+    assert before_sweep["history"][-1] == (deliveries, f"worker-{deliveries - 1}", "expired")
+    last = f"worker-{deliveries - 1}"
+    expected = [("acked_late", last, f"acknowledged late by {last}")] if decided else []
+    assert [decision[:3] for decision in before_sweep["decisions"]] == expected
+    assert before_sweep["after"] == 0
+
+
+@requires_postgres
+def test_message_ack__the_function_still_acks_any_lease_for_code_from_before_0011(queue):
+    """A process still on the code before migration 0011 asks for `leased` and gets what it got: run out or not."""
+    send(queue, "a", "b")
+    live_lease, run_out = receive(queue, 2)
+    Message.objects.filter(id=run_out["id"]).update(lease_expires_at=at(10))
+    ack = "SELECT id, acked_from FROM queues_message_ack(%s, %s, %s, %s, %s)"
+    ids, receipts = [live_lease["id"], run_out["id"]], [live_lease["receipt"], run_out["receipt"]]
+    with connection.cursor() as cursor:
+        cursor.execute(ack, [ids, queue.id, receipts, ["live"], at(20)])
+        assert cursor.fetchall() == [(live_lease["id"], "leased")]
+        cursor.execute(ack, [ids, queue.id, receipts, ["leased"], at(20)])
+        assert cursor.fetchall() == [(run_out["id"], "expired")]
 
 
 def test_message_ack__late_ack_of_a_review_item_resolves_it(queue):

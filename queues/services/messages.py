@@ -18,7 +18,12 @@ from django.utils import timezone
 from queues.conf import app_settings
 from queues.models import Delivery, Message, Queue, ReviewDecision
 from queues.services._sql import MESSAGE, any_of, db_dt, fetch, marks, py_dt, py_json
-from queues.services.leases import deliveries_record, deliveries_record_timed_out, leases_expire_for_queue
+from queues.services.leases import (
+    deliveries_record,
+    deliveries_record_timed_out,
+    leases_expire_for_queue,
+    leases_expire_ids,
+)
 
 ACKED = "acked"
 ACKED_LATE = "acked_late"
@@ -264,11 +269,14 @@ _ACK_SQLITE = f"""
             WHEN status = 'leased' AND lease_expires_at > %s THEN 'leased'
             WHEN status = 'leased' THEN 'expired'
             ELSE status END
-    WHERE id IN ({{ids}}) AND queue_id = %s AND receipt IN ({{receipts}}) AND status IN ({{statuses}})
+    WHERE id IN ({{ids}}) AND queue_id = %s AND receipt IN ({{receipts}})
+      AND CASE WHEN status = 'leased' AND lease_expires_at > %s THEN 'live' ELSE status END IN ({{statuses}})
     RETURNING id, receipt, acked_from, consumer, receive_count, review_reason"""
-# What an ack finds: a lease still held (or run out but not yet swept), or, late, the message in
-# review or back in READY and not yet delivered again.
-_HELD = (Message.Status.LEASED.value,)
+# What an ack finds: a lease still held ("live": leased and not run out), or, late, the message in
+# review or back in READY and not yet delivered again. A lease that has run out but is not yet
+# swept is moved first where its expiry takes it, as the sweep would (rule 2), so a late ack
+# leaves the same records whether or not the sweep came first.
+_HELD = ("live",)
 _LATE = (Message.Status.REVIEW.value, Message.Status.READY.value)
 
 
@@ -278,7 +286,7 @@ def _ack(*, queue: Queue, receipts: dict[str, int], statuses: Sequence[str], now
     if connection.vendor == "postgresql":
         return fetch(_ACK_PG, [ids, queue.id, named, list(statuses), db_dt(now)], reuse_plan=True)
     sql = _ACK_SQLITE.format(ids=marks(ids), receipts=marks(named), statuses=marks(statuses))
-    return fetch(sql, [db_dt(now), db_dt(now), *ids, queue.id, *named, *statuses])
+    return fetch(sql, [db_dt(now), db_dt(now), *ids, queue.id, *named, db_dt(now), *statuses])
 
 
 def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | None = None) -> list[dict]:
@@ -286,7 +294,7 @@ def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | Non
     now = now or timezone.now()
     parsed = _receipt_ids(receipts)
     valid = {receipt: message_id for receipt, message_id in parsed.items() if message_id is not None}
-    # The common case, a lease still held (or expired but not yet swept): one statement.
+    # The common case, a lease still held: one statement.
     rows = _ack(queue=queue, receipts=valid, statuses=_HELD, now=now) if valid else []
     verdicts = {
         row["receipt"]: {"status": ACKED if row["acked_from"] == Message.Status.LEASED else ACKED_LATE} for row in rows
@@ -296,6 +304,8 @@ def message_ack(*, queue: Queue, receipts: Sequence[str], now: dt.datetime | Non
         # A late ack resolves the review entry too: the state change and its
         # decision row commit together (rule 4), or neither does.
         with transaction.atomic():
+            # Run out since the last sweep: to review, or back to READY with its history row.
+            leases_expire_ids(queue_id=queue.id, ids=list(late.values()), now=now, receipts=list(late))
             # A lease that timed out into review kept its delivery on the row (Message.history);
             # as the message leaves review that becomes its history row.
             deliveries_record_timed_out(queue_id=queue.id, ids=list(late.values()), receipts=list(late))
