@@ -6,6 +6,7 @@ import datetime as dt
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_q.models import Schedule
@@ -42,6 +43,38 @@ def test_create_token__creates_user_and_prints_a_working_key_once():
     assert services.token_authenticate(key=key) == token
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["u" * 151], "at most 150 characters"),
+        (["bad name!"], "Enter a valid username"),
+        ([" alice"], "Enter a valid username"),
+        (["x\x00y"], "Enter a valid username"),
+        (["carol", "--name", "n" * 101], "at most 100 characters"),
+    ],
+    ids=["long-username", "punctuation", "leading-space", "nul", "long-token-name"],
+)
+def test_create_token__a_name_the_models_refuse_is_an_error_and_creates_nothing(args, named):
+    with pytest.raises(CommandError, match=named):
+        run("create_token", *args)
+    assert not get_user_model().objects.exists() and not ApiToken.objects.exists()
+
+
+def test_create_token__an_inactive_user_gets_no_token_that_could_never_work():
+    UserFactory(username="ghost", is_active=False)
+    with pytest.raises(CommandError, match="'ghost' is inactive"):
+        run("create_token", "ghost")
+    assert not ApiToken.objects.exists()
+
+
+def test_create_token__staff_for_an_existing_user_says_it_changed_nothing():
+    UserFactory(username="alice", is_staff=False)
+    err = StringIO()
+    call_command("create_token", "alice", "--staff", stdout=StringIO(), stderr=err)
+    assert "--staff applies to a new user only" in err.getvalue()
+    assert not get_user_model().objects.get(username="alice").is_staff
+
+
 def test_create_queue__validates_name_and_owner():
     UserFactory(username="dave")
     assert "Created queue 'orders'" in run("create_queue", "orders", "--owner", "dave", "--on-timeout", "requeue")
@@ -76,6 +109,32 @@ def test_requeue_review__dry_run_changes_nothing_then_filters_apply():
     assert "Requeued 0 review items." in run("requeue_review", "--queue", "other", "--older-than", "86400")
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--queue", ""], "No queue named ''"),
+        (["--queue", "nosuch"], "No queue named 'nosuch'"),
+        (["--older-than", "315360001"], "--older-than must be between 0 and 315360000"),
+        (["--older-than", "99999999999999999999"], "--older-than must be between"),
+        (["--older-than", "-1"], "--older-than must be between"),
+    ],
+    ids=["blank-queue", "unknown-queue", "older-than-ten-years", "older-than-huge", "older-than-negative"],
+)
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry-run"])
+def test_requeue_review__a_bad_filter_is_an_error_before_anything_moves(args, named, dry_run):
+    """A blank queue name once meant every queue; a huge age was a traceback after the catch-up sweep had run."""
+    _in_review(QueueFactory(name="mail"), 2)
+    past = timezone.now() - dt.timedelta(hours=1)
+    MessageFactory(queue=QueueFactory(name="other"), sent_at=past)
+    services.message_receive(queue=Queue.objects.get(name="other"), now=past)  # run out, never swept
+    before = list(Message.objects.order_by("id").values())
+
+    with pytest.raises(CommandError, match=named):
+        run("requeue_review", *args, *dry_run)
+
+    assert list(Message.objects.order_by("id").values()) == before
+
+
 def test_requeue_review__takes_leases_run_out_since_the_last_sweep():
     queue = QueueFactory(name="mail")
     past = timezone.now() - dt.timedelta(hours=1)
@@ -108,11 +167,26 @@ def test_purge_queue__deletes_ready_only():
         run("purge_queue", "missing", "--yes")
 
 
+def test_purge_queue__no_answer_on_a_closed_input_is_an_error_and_deletes_nothing(monkeypatch):
+    queue = QueueFactory(name="p")
+    MessageFactory.create_batch(2, queue=queue)
+    monkeypatch.setattr("sys.stdin", StringIO(""))  # a cron job without --yes: input() meets end of file
+    with pytest.raises(CommandError, match=r"No answer .* nothing deleted"):
+        run("purge_queue", "p")
+    assert Message.objects.filter(queue=queue).count() == 2
+
+
 def test_queue_stats__prints_a_row_per_queue():
     queue = QueueFactory(name="stats")
     MessageFactory.create_batch(2, queue=queue)
     out = run("queue_stats")
     assert "stats" in out.splitlines()[1] and out.splitlines()[1].split()[1] == "2"
+
+
+def test_queue_stats__an_unknown_name_is_an_error():
+    QueueFactory(name="stats")
+    with pytest.raises(CommandError, match="No queue named 'nope', 'zzz'"):
+        run("queue_stats", "stats", "zzz", "nope")
 
 
 def test_setup_schedules__is_idempotent():

@@ -18,7 +18,10 @@ class Command(BaseCommand):
         if queue is None:
             raise CommandError(f"No queue named {name!r}.")
         if not yes:
-            answer = input(f"Delete every ready message of {name!r}? Type the queue's name to confirm: ")
+            try:
+                answer = input(f"Delete every ready message of {name!r}? Type the queue's name to confirm: ")
+            except EOFError:
+                raise CommandError("No answer (input closed); nothing deleted. --yes purges without asking.") from None
             if answer.strip() != name:
                 raise CommandError("Not confirmed; nothing deleted.")
         self.stdout.write(f"Purged {queue_purge(queue=queue)} messages from {name!r}.")

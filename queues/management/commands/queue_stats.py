@@ -1,6 +1,6 @@
 """Print every queue's live counts as a table."""
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from queues.models import Queue
@@ -20,6 +20,9 @@ class Command(BaseCommand):
         if names:
             queues = queues.filter(name__in=names)
         queues = list(queues)
+        unknown = sorted(set(names) - {queue.name for queue in queues})
+        if unknown:
+            raise CommandError(f"No queue named {', '.join(repr(name) for name in unknown)}.")
         counts = queue_counts(queue_ids=[q.id for q in queues], now=timezone.now())
         width = max([len("queue"), *(len(q.name) for q in queues)])
         self.stdout.write(f"{'queue':<{width}} " + " ".join(f"{c:>9}" for c in COLUMNS) + "  oldest ready")

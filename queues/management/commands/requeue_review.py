@@ -4,8 +4,10 @@ import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
 
-from queues.models import Message
+from queues.models import Message, Queue
 from queues.services.bulk import review_catch_up, review_matching, review_requeue_matching
+
+MAX_OLDER_THAN = 10 * 365 * 24 * 3600
 
 
 class Command(BaseCommand):
@@ -27,8 +29,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, queue, reason, consumer, older_than, delay, note, dry_run, **options):
-        if older_than is not None and older_than < 0:
-            raise CommandError("--older-than must be 0 or more")
+        if older_than is not None and not 0 <= older_than <= MAX_OLDER_THAN:
+            raise CommandError(f"--older-than must be between 0 and {MAX_OLDER_THAN} (ten years)")
+        if queue is not None and not Queue.objects.filter(name=queue).exists():
+            raise CommandError(f"No queue named {queue!r}.")
         if not 0 <= delay <= 900:
             raise CommandError("--delay must be between 0 and 900")
         filters = {
