@@ -19,11 +19,15 @@ from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import get_fields_from_path
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.widgets import AutocompleteSelect
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import smart_split
 from django.utils.timesince import timesince
 from django.utils.translation import ngettext
 
@@ -46,6 +50,9 @@ def _posted_ids(request) -> set[int]:
     return ids
 
 
+CONFIRMED_IDS = "wq_confirmed_ids"
+
+
 def _confirmation(modeladmin, request, *, action, title, question, rows, submit, form=None, skipped=""):
     """The page between choosing an action and doing it: lists `rows` ((object, detail) pairs) with a form."""
     opts = modeladmin.model._meta
@@ -59,7 +66,9 @@ def _confirmation(modeladmin, request, *, action, title, question, rows, submit,
         "form": form,
         "submit_label": submit,
         "action_name": action,
-        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "confirmed_ids_name": CONFIRMED_IDS,
+        # One field, not one per item: Django refuses a form of over 1,000 fields (a "select all" of more).
+        "confirmed_ids": ",".join(str(obj.pk) for obj, _ in rows),
         "opts": opts,
         "media": modeladmin.media + (form.media if form is not None else forms.Media()),
     }
@@ -178,7 +187,40 @@ def _is_pk(field, raw: str) -> bool:
     return True
 
 
-class StrictInputMixin:
+class StrictAutocompleteSelect(AutocompleteSelect):
+    """An autocomplete that redraws a malformed posted or initial id ("abc", 25 digits) as no choice, not a 500."""
+
+    def optgroups(self, name, value, attr=None):
+        target = self.field.remote_field
+        key = target.model._meta.get_field(target.field_name)
+        return super().optgroups(name, [v for v in value if v in (None, "") or _is_pk(key, str(v))], attr)
+
+
+class StrictAutocompleteMixin:
+    """The autocomplete fields of an admin or inline use StrictAutocompleteSelect."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if "widget" not in kwargs and db_field.name in self.get_autocomplete_fields(request):
+            kwargs["widget"] = StrictAutocompleteSelect(db_field, self.admin_site, using=kwargs.get("using"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+# Each search word is a condition ANDed to the others, and SQLite refuses an expression over 1,000
+# deep (a 500 at about 1,000 words): a longer search finds nothing and says why.
+MAX_SEARCH_WORDS = 50
+
+
+class SearchWordsMixin:
+    def get_search_results(self, request, queryset, search_term):
+        if len(list(smart_split(search_term))) > MAX_SEARCH_WORDS:
+            match = getattr(request, "resolver_match", None)
+            if match is None or match.url_name != "autocomplete":
+                self.message_user(request, f"A search takes at most {MAX_SEARCH_WORDS} words.", messages.WARNING)
+            return queryset.none(), False
+        return super().get_search_results(request, queryset, search_term)
+
+
+class StrictInputMixin(SearchWordsMixin, StrictAutocompleteMixin):
     """Malformed input answers 4xx (or Django's ?e=1) or is ignored, never a 500: every admin of the app has it."""
 
     def get_changelist(self, request, **kwargs):
@@ -187,6 +229,14 @@ class StrictInputMixin:
     def lookup_allowed(self, lookup, value, request):
         # PostgreSQL refuses U+0000 in a query, with a 500. (Django's search form already refuses it in `q`.)
         return "\x00" not in value and super().lookup_allowed(lookup, value, request)
+
+    def changelist_view(self, request, extra_context=None):
+        # A confirmation page posts the ids it listed as one field (CONFIRMED_IDS): they are the selection.
+        if request.method == "POST" and CONFIRMED_IDS in request.POST:
+            request.POST = request.POST.copy()
+            confirmed = [raw for raw in request.POST[CONFIRMED_IDS].split(",") if raw]
+            request.POST.setlist(helpers.ACTION_CHECKBOX_NAME, confirmed)
+        return super().changelist_view(request, extra_context)
 
     def response_action(self, request, queryset):
         # Django filters the queryset by the posted ids before the action runs, and one malformed id
@@ -351,11 +401,16 @@ class ReviewItemAdmin(StrictInputMixin, ReadOnlyMixin, IdSearchMixin, MessageDet
 
     def changelist_view(self, request, extra_context=None):
         # Leases that ran out since the last sweep are in review by time (rule 2): list them too.
-        # One sweep batch at most; the scheduled sweep does the rest of a large backlog.
-        services.leases_sweep(max_batches=1)
+        # One sweep batch at most; the scheduled sweep does the rest of a large backlog. Not for
+        # a user who may not see the list: a refused request changes nothing.
+        if self.has_view_or_change_permission(request):
+            services.leases_sweep(max_batches=1)
         return super().changelist_view(request, extra_context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        # A lease run out since the last sweep is in review by time (rule 2): its page shows it.
+        if self.has_view_or_change_permission(request) and _is_pk(self.opts.pk, object_id):
+            services.leases_expire_message(message_id=int(object_id))
         actions = self.get_actions(request)
         extra_context = {
             **(extra_context or {}),
@@ -501,7 +556,7 @@ class QueueChangeList(StrictChangeList):
             queue.live_counts = counts[queue.pk]
 
 
-class QueueGrantInline(admin.TabularInline):
+class QueueGrantInline(StrictAutocompleteMixin, admin.TabularInline):
     model = QueueGrant
     extra = 0
     autocomplete_fields = ("user",)
@@ -785,3 +840,13 @@ class ApiTokenAdmin(StrictInputMixin, admin.ModelAdmin):
 
 def _already_revoked(count: int) -> str:
     return ngettext("%(count)d was already revoked.", "%(count)d were already revoked.", count) % {"count": count}
+
+
+# Django's own user admin, with the search bounded like the others (its search also serves the
+# owner and user autocompletes of the admins above).
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class AccountAdmin(SearchWordsMixin, UserAdmin):
+    pass

@@ -217,13 +217,59 @@ def test_review_action__first_post_shows_confirmation_and_changes_nothing(admin_
     assert response.status_code == 200
     assert "admin/queues/reviewitem/action_confirmation.html" in [t.name for t in response.templates]
     page = response.content.decode()
-    for message_id in ids:
-        assert f'name="{ACTION_CHECKBOX_NAME}" value="{message_id}"' in page
+    # The listed ids go back in one field: a "select all" of over 1,000 would exceed Django's field limit.
+    [confirmed] = re.findall(r'name="wq_confirmed_ids" value="([0-9,]*)"', page)
+    assert sorted(map(int, confirmed.split(","))) == sorted(ids)
+    assert f'name="{ACTION_CHECKBOX_NAME}"' not in page
     assert 'name="post" value="yes"' in page and f'name="action" value="{action}"' in page
     assert 'name="note"' in page
     assert ('name="delay_seconds"' in page) == (action == "requeue_later")
     assert statuses(ids) == dict.fromkeys(ids, "review")
     assert not ReviewDecision.objects.exists()
+
+
+def test_requeue__select_all_of_over_a_thousand_confirms_through_the_page(admin_client, jobs):
+    """The confirmation page once posted an input per item: over 1,000, Django refused the form (400)."""
+    ids = in_review(jobs, 1200)
+    first = admin_client.post(
+        REVIEW_URL, {"action": "requeue", "select_across": "1", "index": "0", ACTION_CHECKBOX_NAME: ids[:100]}
+    )
+    page = first.content.decode()
+    assert page.count("Requeue") >= 1 and statuses(ids) == dict.fromkeys(ids, "review")
+
+    # The second POST carries what the page's form holds.
+    [confirmed] = re.findall(r'name="wq_confirmed_ids" value="([0-9,]*)"', page)
+    confirm = {"action": "requeue", "post": "yes", "note": "", "wq_confirmed_ids": confirmed}
+    response = admin_client.post(REVIEW_URL, confirm)
+
+    assert response.status_code == 302
+    assert texts(response) == ["Requeued 1200 messages."]
+    assert statuses(ids) == dict.fromkeys(ids, "ready")
+    assert ReviewDecision.objects.count() == 1200
+
+
+def test_review_changelist__a_user_who_may_not_see_it_moves_nothing(jobs):
+    """The list takes in run-out leases first (rule 2), but not for a request it refuses."""
+    past = timezone.now() - dt.timedelta(hours=1)
+    MessageFactory(queue=jobs, sent_at=past)
+    services.message_receive(queue=jobs, now=past)  # run out, not swept
+    client = Client()
+    client.force_login(UserFactory(is_staff=True, username="intern"))  # staff, no permissions
+
+    assert client.get(REVIEW_URL).status_code == 403
+    assert Message.objects.get().status == "leased"
+
+
+def test_review_item_page__a_lease_run_out_since_the_last_sweep_is_shown(admin_client, jobs):
+    """Its list shows it (rule 2); its page once answered that it did not exist."""
+    past = timezone.now() - dt.timedelta(hours=1)
+    MessageFactory(queue=jobs, sent_at=past, body="late one")
+    [leased] = services.message_receive(queue=jobs, consumer="slow", now=past)
+
+    response = admin_client.get(f"{REVIEW_URL}{leased['id']}/change/")
+
+    assert response.status_code == 200 and "late one" in response.content.decode()
+    assert Message.objects.get().status == "review"
 
 
 def test_requeue__confirmed_moves_to_ready_logs_and_reports(admin_client, staff, jobs):

@@ -11,7 +11,7 @@ import pytest
 from django.test import Client
 
 from queues import services
-from queues.models import ApiToken, Message, ReviewDecision
+from queues.models import ApiToken, Message, Queue, QueueGrant, ReviewDecision
 from tests.factories import MessageFactory, QueueFactory, UserFactory
 from tests.test_admin import (
     DECISIONS_URL,
@@ -256,3 +256,60 @@ def test_changelist__the_apps_own_links_still_work(admin_client, everything, job
         response = admin_client.get(url, query)
         assert response.status_code == 200, (url, query)
         assert len(response.context["cl"].result_list) >= 1, (url, query)
+
+
+LONG_SEARCH = " ".join(["a"] * 1000)  # each word an AND: SQLite refused the expression (over 1,000 deep)
+
+
+@pytest.mark.parametrize("url", [REVIEW_URL, MESSAGES_URL, QUEUES_URL, DECISIONS_URL, TOKENS_URL, "/admin/auth/user/"])
+def test_admin_search__a_thousand_words_is_refused_with_a_message_not_a_500(admin_client, everything, url):
+    response = admin_client.get(url, {"q": LONG_SEARCH})
+
+    assert response.status_code == 200
+    assert "A search takes at most 50 words." in texts(response)
+    assert response.context["cl"].result_count == 0
+
+
+def test_admin_autocomplete__a_thousand_words_finds_nothing_not_a_500(admin_client, everything):
+    query = {"app_label": "queues", "model_name": "queue", "field_name": "owner", "term": LONG_SEARCH}
+
+    response = admin_client.get("/admin/autocomplete/", query)
+
+    assert response.status_code == 200 and response.json()["results"] == []
+
+
+@pytest.mark.parametrize("bad", ["abc", "99999999999999999999"])
+@pytest.mark.parametrize(
+    ("url", "field"), [(f"{QUEUES_URL}add/", "owner"), (f"{TOKENS_URL}add/", "user")], ids=["queue", "token"]
+)
+def test_admin_autocomplete_field__a_malformed_id_redraws_as_no_choice(admin_client, jobs, url, field, bad):
+    """The widget looked the raw value up to draw the chosen option: a ValueError or OverflowError, a 500."""
+    assert admin_client.get(url, {field: bad}).status_code == 200
+
+    response = admin_client.post(url, {field: bad, "name": "fresh"})
+
+    assert response.status_code == 200  # the form again, with the field's error
+    assert response.context["adminform"].form.errors[field]
+    assert ApiToken.objects.count() == 0 and list(Queue.objects.values_list("name", flat=True)) == ["jobs"]
+
+
+@pytest.mark.parametrize("bad", ["abc", "99999999999999999999"])
+def test_admin_autocomplete_field__a_malformed_grant_user_redraws_as_no_choice(admin_client, jobs, bad):
+    data = {
+        "name": "jobs",
+        "owner": jobs.owner_id,
+        "on_timeout": jobs.on_timeout,
+        "visibility_timeout": jobs.visibility_timeout,
+        "max_receives": jobs.max_receives,
+        "delay_seconds": jobs.delay_seconds,
+        "max_message_bytes": jobs.max_message_bytes,
+        "grants-TOTAL_FORMS": "1",
+        "grants-INITIAL_FORMS": "0",
+        "grants-0-user": bad,
+        "grants-0-can_send": "on",
+    }
+
+    response = admin_client.post(f"{QUEUES_URL}{jobs.pk}/change/", data)
+
+    assert response.status_code == 200
+    assert not QueueGrant.objects.exists()

@@ -12,7 +12,7 @@ from queues.services.grants import (
     grant_list,
     grant_set,
 )
-from queues.services.leases import SweepResult, leases_expire_for_queue, leases_sweep
+from queues.services.leases import SweepResult, leases_expire_for_queue, leases_expire_message, leases_sweep
 from queues.services.messages import (
     ACKED,
     ACKED_LATE,
@@ -62,6 +62,7 @@ __all__ = [
     "grant_list",
     "grant_set",
     "leases_expire_for_queue",
+    "leases_expire_message",
     "leases_sweep",
     "message_ack",
     "message_extend",

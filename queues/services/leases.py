@@ -134,6 +134,16 @@ def leases_expire_ids(
     return _expire_locked(now=now, scope=scope, params=params)
 
 
+def leases_expire_message(*, message_id: int, now: dt.datetime | None = None) -> None:
+    """Move one message's lease, if it has run out, where its expiry takes it: its review page is being shown."""
+    now = now or timezone.now()
+    run_out = Message.objects.filter(id=message_id, status=Message.Status.LEASED, lease_expires_at__lte=now)
+    queue_id = run_out.values_list("queue_id", flat=True).first()
+    if queue_id is not None:
+        with transaction.atomic():
+            leases_expire_ids(queue_id=queue_id, ids=[message_id], now=now)
+
+
 def _expire_locked(*, now: dt.datetime, scope: str, params: list) -> dict[str, int]:
     if connection.vendor == "postgresql":
         # Lock them in id order first, as an ack does: the UPDATE's own plan may take them in
