@@ -727,6 +727,13 @@ class MessageAdmin(StrictInputMixin, ReadOnlyMixin, IdSearchMixin, MessageDetail
     def get_queryset(self, request):
         return super().get_queryset(request).live()
 
+    def changelist_view(self, request, extra_context=None):
+        # As the review list: leases run out since the last sweep are listed where time put them
+        # (rule 2), so the status column and filter agree with the queues' counts.
+        if self.has_view_or_change_permission(request):
+            services.leases_sweep(max_batches=1)
+        return super().changelist_view(request, extra_context)
+
 
 # --- API tokens ------------------------------------------------------------------------
 

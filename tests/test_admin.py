@@ -260,6 +260,18 @@ def test_review_changelist__a_user_who_may_not_see_it_moves_nothing(jobs):
     assert Message.objects.get().status == "leased"
 
 
+def test_message_list__a_lease_run_out_since_the_last_sweep_is_listed_where_the_counts_put_it(admin_client, jobs):
+    past = timezone.now() - dt.timedelta(hours=1)
+    MessageFactory(queue=jobs, sent_at=past)
+    [leased] = services.message_receive(queue=jobs, now=past)  # run out, not swept: the counts say review
+    assert services.queue_counts(queue_ids=[jobs.id], now=timezone.now())[jobs.id]["review"] == 1
+
+    in_review = admin_client.get(MESSAGES_URL, {"status": "review"}).context["cl"].result_list
+    still_leased = admin_client.get(MESSAGES_URL, {"status": "leased"}).context["cl"].result_list
+
+    assert [m.pk for m in in_review] == [leased["id"]] and list(still_leased) == []
+
+
 def test_review_item_page__a_lease_run_out_since_the_last_sweep_is_shown(admin_client, jobs):
     """Its list shows it (rule 2); its page once answered that it did not exist."""
     past = timezone.now() - dt.timedelta(hours=1)
