@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from queues.models import ApiToken
 from queues.services import token_authenticate, token_cache_clear, token_create, token_known, token_revoke
+from tests.factories import QueueFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -138,6 +139,60 @@ def test_token__user_deactivated_is_refused(user):
     user.is_active = False
     user.save()
     assert client_with(key).get(URL).status_code == 401
+
+
+def test_token__user_deactivated_after_use_stops_at_once_here(user):
+    """Each cached entry carries the user as looked up: a change to the account drops it in this process."""
+    _, key = token_create(user=user, name="ci")
+    client = client_with(key)
+    assert client.get(URL).status_code == 200
+    user.is_active = False
+    user.save()
+    assert client.get(URL).status_code == 401
+
+
+def test_token__staff_removed_after_use_stops_at_once_here(user):
+    other = QueueFactory(name="theirs")  # another owner's queue: only staff may see it without a grant
+    user.is_staff = True
+    user.save()
+    _, key = token_create(user=user, name="ci")
+    client = client_with(key)
+    assert client.get(f"{URL}theirs/").status_code == 200
+    user.is_staff = False
+    user.save()
+    assert client.get(f"{URL}theirs/").status_code == 404
+    assert client.post(f"{URL}theirs/messages/", {"body": "x"}, format="json").status_code == 404
+    assert not other.messages.exists()
+
+
+def test_token__user_deleted_after_use_stops_at_once_here(user):
+    """A deleted user's tokens go with them; a cached one answered 200, and its writes 500 (a foreign key)."""
+    user.is_staff = True
+    user.save()
+    QueueFactory(name="jobs")
+    _, key = token_create(user=user, name="ci")
+    client = client_with(key)
+    assert client.get(URL).status_code == 200
+    user.delete()
+    assert client.get(URL).status_code == 401
+    assert client.post(f"{URL}jobs/receive/", {}, format="json").status_code == 401
+
+
+def test_token__a_sign_in_keeps_the_cached_entry(user, django_assert_num_queries):
+    _, key = token_create(user=user, name="ci")
+    assert token_authenticate(key=key) is not None
+    user.last_login = timezone.now()
+    user.save(update_fields=["last_login"])
+    with django_assert_num_queries(0):
+        assert token_authenticate(key=key) is not None
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["valid-key", "unknown-key"])
+def test_token__no_client_address_is_not_a_500(user, known):
+    """gunicorn on a unix socket (behind a proxy) leaves REMOTE_ADDR empty, where django-ratelimit raised."""
+    _, key = token_create(user=user, name="ci")
+    client = client_with(key if known else "wq_nope")
+    assert client.get(URL, REMOTE_ADDR="").status_code == (200 if known else 401)
 
 
 @pytest.mark.parametrize(

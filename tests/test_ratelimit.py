@@ -191,3 +191,11 @@ def test_xdist_workers__each_counts_in_a_redis_database_of_its_own():
     assert url_for("unix:///run/redis.sock?db=5&password=x", "gw0") == "unix:///run/redis.sock?db=6&password=x"
     with pytest.raises(ImproperlyConfigured, match="worker gw15 needs Redis database 16"):
         url_for("redis://127.0.0.1:6379/0", "gw15")
+
+
+def test_rate_anonymous__health_is_never_limited(db, client, settings):
+    """Load balancers poll it, many behind one address: a 429 there would read as "unhealthy"."""
+    settings.WONDERQ_RATE_ANONYMOUS = "3/m"
+
+    assert [client.get("/api/v1/health/").status_code for _ in range(6)] == [200] * 6
+    assert [client.get("/api/v1/schema/").status_code for _ in range(4)][-1] == 429

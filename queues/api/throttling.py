@@ -149,7 +149,7 @@ class TokenRateThrottle(BaseThrottle):
             if request.user and request.user.is_authenticated:
                 ident, rate = f"user:{request.user.pk}", app_settings.RATE_PER_TOKEN
             else:
-                ident, rate = f"ip:{request.META.get('REMOTE_ADDR', '')}", app_settings.RATE_ANONYMOUS
+                ident, rate = f"ip:{_address(request)}", app_settings.RATE_ANONYMOUS
             result = usage(request, group=API_GROUP, ident=ident, rate=rate, increment=True)
         self.time_left = result["time_left"] if result else 0
         return not (result and result["should_limit"])
@@ -160,6 +160,10 @@ class TokenRateThrottle(BaseThrottle):
 
 def _address(request) -> str:
     # django-ratelimit's "ip" key: RATELIMIT_IP_META_KEY when set, IPv6 addresses by their /64.
+    # gunicorn on a unix socket (behind a proxy) leaves REMOTE_ADDR empty, where django-ratelimit
+    # raises: such clients share one budget, as they would share the proxy's address.
+    if not request.META.get("REMOTE_ADDR") and not getattr(settings, "RATELIMIT_IP_META_KEY", None):
+        return "no-address"
     return _get_ip(request)
 
 

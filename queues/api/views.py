@@ -411,6 +411,8 @@ class QueueViewSet(viewsets.ViewSet):
 class HealthView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    # Load balancers poll it, often many behind one address: a 429 would read as "unhealthy".
+    throttle_classes: list = []
 
     @extend_schema(
         responses={

@@ -96,8 +96,12 @@ def grant_set(
         narrowed = QueueGrant.objects.filter(queue=queue, user=user, **held).update(**values)
         queue_access_cache_clear()
         if not narrowed:
+            # Not held (any more: deleted meanwhile, or the queue with it), or a widening.
+            if not QueueGrant.objects.filter(queue=queue, user=user).exists():
+                raise GrantNotFound(f"User {user.get_username()!r} has no grant on queue {queue.name!r}.")
             raise OwnGrant("Only the queue's owner or staff may widen your own grant; you may narrow or delete it.")
-        return QueueGrant.objects.select_related("user").get(queue=queue, user=user), False
+        # The answer is what was written, not a read back that a concurrent delete could miss.
+        return QueueGrant(queue=queue, user=user, **values), False
     with transaction.atomic():
         # The row count decides: an UPDATE that found the grant replaced it; otherwise insert.
         created = not QueueGrant.objects.filter(queue=queue, user=user).update(**values)
@@ -107,10 +111,12 @@ def grant_set(
                     QueueGrant.objects.create(queue=queue, user=user, **values)
             except IntegrityError:
                 # A concurrent request inserted it between our UPDATE and INSERT: replace theirs.
-                QueueGrant.objects.filter(queue=queue, user=user).update(**values)
+                # Nothing to replace: the queue is gone (its foreign key failed); the view answers 404.
+                if not QueueGrant.objects.filter(queue=queue, user=user).update(**values):
+                    raise
                 created = False
     queue_access_cache_clear()
-    return QueueGrant.objects.select_related("user").get(queue=queue, user=user), created
+    return QueueGrant(queue=queue, user=user, **values), created
 
 
 def grant_delete(*, queue: Queue, username: str) -> None:

@@ -21,8 +21,11 @@ import datetime as dt
 import math
 import time
 
+from django.conf import settings
 from django.core.cache import cache
+from django.db import connection, transaction
 from django.db.models import Q
+from django.db.models.signals import post_delete, post_save, pre_delete
 from django.utils import timezone
 
 from queues.conf import app_settings
@@ -41,6 +44,45 @@ _RENEW_AHEAD = 0.2
 def token_cache_clear() -> None:
     """Forget every cached authentication in this process (tests; the shared cache has its own clear)."""
     _local.clear()
+
+
+def _forget(digests) -> None:
+    for digest in digests:
+        _local.pop(digest, None)
+    cache.delete_many([_CACHE_PREFIX + digest for digest in digests])
+
+
+def tokens_forget_user(*, user_id) -> None:
+    """Drop a user's cached authentications here and in the shared cache: their account changed or is going.
+
+    Each entry carries the user as it was looked up (active, staff), so a change applies at once
+    in the process that made it, and in the others when their own entries run out (AUTH_CACHE_SECONDS).
+    Inside a transaction, again at its commit: a request meanwhile may have cached the old user.
+    """
+    digests = list(ApiToken.objects.filter(user_id=user_id).values_list("digest", flat=True))
+    digests += [digest for digest, (_, _, token) in list(_local.items()) if token and token.user_id == user_id]
+    _forget(digests)
+    if connection.in_atomic_block:
+        transaction.on_commit(lambda: _forget(digests))
+
+
+def _user_saved(sender, instance, update_fields=None, **_signal) -> None:
+    if update_fields is not None and set(update_fields) <= {"last_login", "password"}:
+        return  # a sign-in: nothing a token's authentication depends on
+    tokens_forget_user(user_id=instance.pk)
+
+
+def _user_deleted(sender, instance, **_signal) -> None:
+    tokens_forget_user(user_id=instance.pk)  # before the delete, while the tokens' rows still name them
+
+
+def _token_deleted(sender, instance, **_signal) -> None:
+    _forget([instance.digest])
+
+
+post_save.connect(_user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="wonderq_tokens_user_saved")
+pre_delete.connect(_user_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="wonderq_tokens_user_deleted")
+post_delete.connect(_token_deleted, sender=ApiToken, dispatch_uid="wonderq_tokens_token_deleted")
 
 
 def token_create(*, user, name: str, expires_at: dt.datetime | None = None) -> tuple[ApiToken, str]:
