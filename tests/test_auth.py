@@ -211,3 +211,24 @@ def test_token__several_per_user_revoke_one(user):
     token_revoke(token=first)
     assert client_with(key1).get(URL).status_code == 401
     assert client_with(key2).get(URL).status_code == 200
+
+
+def test_token__revoked_while_a_lookup_of_it_runs_here_is_not_cached_again(user, monkeypatch):
+    """Under gevent another request of this process can revoke the token while a lookup waits on the
+    database; that lookup then stored what it had read before the revocation, for up to 5 s."""
+    token, key = token_create(user=user, name="ci")
+    from queues.services import tokens
+
+    looked_up = tokens._lookup
+
+    def lookup_then_revoked_meanwhile(digest, now):
+        found = looked_up(digest, now)
+        token_revoke(token=token)
+        return found
+
+    monkeypatch.setattr(tokens, "_lookup", lookup_then_revoked_meanwhile)
+    assert token_authenticate(key=key) == token  # the request that began before the revocation
+    monkeypatch.setattr(tokens, "_lookup", looked_up)
+
+    assert token_authenticate(key=key) is None
+    assert token_known(key=key) is None

@@ -593,6 +593,25 @@ def test_grant_set__narrowing_your_own_grant_deleted_meanwhile_is_not_found(jobs
         services.grant_set(queue=jobs, username="bob", send=True, receive=False, manage=True, actor=bob)
 
 
+def test_queue_access__a_grant_deleted_while_a_lookup_of_it_runs_here_is_not_cached(jobs, bob, monkeypatch):
+    """The hot path's cache of queue and grant: a lookup that a change in this process overtook keeps nothing."""
+    from queues.services import queues as queue_services
+
+    services.grant_set(queue=jobs, username="bob", send=True, receive=False, manage=False)
+    looked_up = queue_services.queue_access
+
+    def lookup_then_grant_deleted_meanwhile(**kwargs):
+        found = looked_up(**kwargs)
+        services.grant_delete(queue=jobs, username="bob")
+        return found
+
+    monkeypatch.setattr(queue_services, "queue_access", lookup_then_grant_deleted_meanwhile)
+    assert queue_services.queue_access_cached(name="jobs", user_id=bob.pk)[1]["send"] is True
+    monkeypatch.setattr(queue_services, "queue_access", looked_up)
+
+    assert queue_services.queue_access_cached(name="jobs", user_id=bob.pk)[1] is None
+
+
 def test_grant_set__replacing_is_one_update(jobs, bob):
     services.grant_set(queue=jobs, username="bob", send=True, receive=False, manage=False)
 

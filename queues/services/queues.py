@@ -49,6 +49,7 @@ def queue_access(*, name: str, user_id: int | None) -> tuple[Queue | None, dict[
 # (queue name, user id) -> (deadline on the monotonic clock, queue, grant). Bounded: names
 # of queues that do not exist are never stored.
 _access: dict[tuple[str, int | None], tuple[float, Queue, dict[str, bool] | None]] = {}
+_access_generation = [0]  # bumped by every clear
 _ACCESS_MAX = 10_000
 
 
@@ -68,8 +69,11 @@ def queue_access_cached(*, name: str, user_id: int | None) -> tuple[Queue | None
     entry = _access.get((name, user_id))
     if entry is not None and entry[0] > now:
         return entry[1], entry[2]
+    generation = _access_generation[0]
     queue, grant = queue_access(name=name, user_id=user_id)
-    if queue is not None:
+    # Cleared while the lookup ran (a green thread of this process changed a queue or grant):
+    # what it read may be from before the change, so it answers this request but is not kept.
+    if queue is not None and generation == _access_generation[0]:
         if len(_access) >= _ACCESS_MAX:
             _access.clear()
         _access[(name, user_id)] = (now + ttl, queue, grant)
@@ -82,9 +86,14 @@ def queue_access_cache_clear(**_signal) -> None:
     Inside a transaction the change is not yet visible to other requests, and one of them may
     cache the old rows meanwhile: the cache is cleared again when the transaction commits.
     """
-    _access.clear()
+    _access_clear()
     if connection.in_atomic_block:
-        transaction.on_commit(_access.clear)
+        transaction.on_commit(_access_clear)
+
+
+def _access_clear() -> None:
+    _access_generation[0] += 1
+    _access.clear()
 
 
 for _model in (Queue, QueueGrant):

@@ -41,12 +41,18 @@ _LOCAL_MAX = 10_000
 _RENEW_AHEAD = 0.2
 
 
+# Bumped by every invalidation in this process: a lookup that ran across one keeps nothing it read.
+_generation = [0]
+
+
 def token_cache_clear() -> None:
     """Forget every cached authentication in this process (tests; the shared cache has its own clear)."""
+    _generation[0] += 1
     _local.clear()
 
 
 def _forget(digests) -> None:
+    _generation[0] += 1
     for digest in digests:
         _local.pop(digest, None)
     cache.delete_many([_CACHE_PREFIX + digest for digest in digests])
@@ -102,8 +108,7 @@ def token_revoke(*, token: ApiToken, now: dt.datetime | None = None) -> bool:
     """Active -> revoked; False when it was revoked already."""
     now = now or timezone.now()
     revoked = bool(ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now))
-    cache.delete(_CACHE_PREFIX + token.digest)
-    _local.pop(token.digest, None)
+    _forget([token.digest])
     return revoked
 
 
@@ -151,6 +156,7 @@ def _renew(digest: str, now: dt.datetime, wall: float, *, ahead_of: tuple | None
     if ahead_of is not None:
         _local[digest] = (ahead_of[0], math.inf, ahead_of[2])
     ttl = app_settings.AUTH_CACHE_SECONDS
+    generation = _generation[0]
     cached = cache.get(_CACHE_PREFIX + digest)
     if isinstance(cached, tuple) and cached[0] > wall + ttl * _RENEW_AHEAD:
         deadline, token = cached
@@ -158,9 +164,14 @@ def _renew(digest: str, now: dt.datetime, wall: float, *, ahead_of: tuple | None
     else:
         token = _lookup(digest, now)
         deadline = wall + ttl
-        cache.set(_CACHE_PREFIX + digest, (deadline, token or _MISSING), ttl)
+        if generation == _generation[0]:
+            cache.set(_CACHE_PREFIX + digest, (deadline, token or _MISSING), ttl)
         if token is not None:
             _touch(token, now)
+    if generation != _generation[0]:
+        # Revoked or changed in this process while this ran (another green thread): what was read
+        # may be from before that, so it answers this request, which began first, but is not kept.
+        return token
     if len(_local) >= _LOCAL_MAX:
         _local.clear()
     _local[digest] = (deadline, deadline - ttl * _RENEW_AHEAD, token)
