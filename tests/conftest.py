@@ -100,6 +100,21 @@ def _clear_cache():
 
 
 @pytest.fixture
+def queue_deleted_after_lookup(monkeypatch):
+    """The API's queue lookup finds the queue, then a concurrent DELETE removes it before the view acts."""
+    from queues.api.views import QueueViewSet
+
+    found = QueueViewSet.get_queue
+
+    def get_queue_then_lose_the_race(view, name, need=None):
+        queue = found(view, name, need)
+        Queue.objects.filter(pk=queue.pk).delete()
+        return queue
+
+    monkeypatch.setattr(QueueViewSet, "get_queue", get_queue_then_lose_the_race)
+
+
+@pytest.fixture
 def user(db):
     return UserFactory()
 

@@ -19,7 +19,6 @@ from rest_framework.test import APIClient
 
 from queues import services
 from queues.api import errors
-from queues.api.views import QueueViewSet
 from queues.models import ApiToken, Delivery, Message, Queue, ReviewDecision
 from queues.services import OutgoingMessage
 from tests.conftest import api_client_for, snapshot
@@ -352,17 +351,8 @@ def test_queue_update__empty_body_changes_nothing(api, queue):
 
 
 @pytest.mark.parametrize("payload", [{}, {"visibility_timeout": 5}])
-def test_queue_update__queue_deleted_meanwhile_404(api, queue, monkeypatch, payload):
+def test_queue_update__queue_deleted_meanwhile_404(api, queue, queue_deleted_after_lookup, payload):
     """Found by the fuzzer: a PATCH whose queue a concurrent DELETE removed after the lookup was a 500."""
-    found = QueueViewSet.get_queue
-
-    def get_queue_then_lose_the_race(view, name, need=None):
-        queue = found(view, name, need)
-        Queue.objects.filter(pk=queue.pk).delete()
-        return queue
-
-    monkeypatch.setattr(QueueViewSet, "get_queue", get_queue_then_lose_the_race)
-
     response = api.patch(qurl("jobs"), payload, format="json")
 
     assert response.status_code == 404

@@ -15,7 +15,6 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from queues import services
-from queues.api.views import QueueViewSet
 from queues.models import Message, Queue, QueueGrant, ReviewDecision
 from queues.services import OutgoingMessage
 from tests.conftest import api_client_for, snapshot
@@ -564,20 +563,13 @@ def test_grant_set__service_reports_created_then_replaced(jobs, bob):
 
 @pytest.mark.django_db(transaction=True)  # the foreign key fails at commit, as in a real request
 @pytest.mark.parametrize("exists", [True, False], ids=["replace", "create"])
-def test_grant_put__queue_deleted_meanwhile_404(owner_api, jobs, bob, monkeypatch, exists):
+def test_grant_put__queue_deleted_meanwhile_404(owner_api, jobs, bob, request, exists):
     """A PUT whose queue a concurrent DELETE removed after the lookup answers 404, whether it replaces or creates.
 
     (Removed after the write, the grant's read back was a 500: there is no read back now, see below.)"""
     if exists:
         put_grant(owner_api, "bob", {"send": True})
-    found = QueueViewSet.get_queue
-
-    def get_queue_then_lose_the_race(view, name, need=None):
-        queue = found(view, name, need)
-        Queue.objects.filter(pk=queue.pk).delete()
-        return queue
-
-    monkeypatch.setattr(QueueViewSet, "get_queue", get_queue_then_lose_the_race)
+    request.getfixturevalue("queue_deleted_after_lookup")  # after the first PUT, which must find the queue
 
     response = put_grant(owner_api, "bob", {"send": True, "receive": True})
 
