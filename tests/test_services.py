@@ -11,6 +11,7 @@ from django.db.models import CharField, Value
 from django.db.models.functions import Cast, Concat
 from django.test.utils import CaptureQueriesContext
 
+from queues.bench.data import expired_leases_create
 from queues.models import Delivery, Message, Queue, ReviewDecision
 from queues.services import (
     ACKED,
@@ -26,6 +27,7 @@ from queues.services import (
     message_release,
     message_send,
     queue_counts,
+    queue_purge,
     queue_update,
     review_discard,
     review_requeue,
@@ -291,6 +293,61 @@ def test_message_receive__requeue_queue_sends_to_review_after_max_receives(reque
     assert [(d.attempt, d.outcome) for d in row.history()] == [(1, "expired"), (2, "expired")]
     # The first went back to the queue and got its row; the second stays on the message row.
     assert list(Delivery.objects.values_list("message_id", "attempt")) == [(message_id, 1)]
+
+
+def test_message_receive__requeue_queue_takes_the_oldest_run_out_leases_before_later_ready_messages(requeue_queue):
+    """No sweep has run. The first run-out lease has used up its deliveries: the receive steps over it
+    (to review) and hands out the next two run-out leases, which have been ready since before the
+    message sent at 66 s, in expiry order; a later run-out lease stays for the sweep."""
+    [used_up] = send(requeue_queue, "used up")
+    receive(requeue_queue)  # 1st delivery, runs out at 30
+    receive(requeue_queue, now=at(31))  # 2nd and last, runs out at 61
+    first, second, third = send(requeue_queue, "a", "b", "c", now=at(32))
+    assert [m["id"] for m in receive(requeue_queue, now=at(33))] == [first]  # runs out at 63
+    assert [m["id"] for m in receive(requeue_queue, now=at(34))] == [second]  # runs out at 64
+    assert [m["id"] for m in receive(requeue_queue, now=at(35))] == [third]  # runs out at 65
+    [later] = send(requeue_queue, "later", now=at(66))
+
+    got = receive(requeue_queue, 2, now=at(70))
+
+    assert [m["id"] for m in got] == [first, second]
+    assert Message.objects.get(id=used_up).status == Message.Status.REVIEW
+    # The third lease is not moved by this receive (it could not have been handed out), but the
+    # counts already call it ready, as time has put it.
+    row = Message.objects.get(id=third)
+    assert (row.status, row.lease_expires_at) == (Message.Status.LEASED, at(65))
+    assert counts(requeue_queue, at(70)) == {"ready": 2, "delayed": 0, "leased": 2, "review": 1}
+    assert [m["id"] for m in receive(requeue_queue, 2, now=at(70))] == [third, later]
+
+
+def test_message_receive__requeue_queue_moves_at_most_a_sweep_batch_of_run_out_leases(settings, requeue_queue):
+    """After a long stop of the sweep, a receive stays one bounded transaction: it moves what it
+    may hand out (here one of 1,000 run-out leases), not the whole backlog."""
+    settings.WONDERQ_SWEEP_BATCH = 100
+    expired_leases_create(queue=requeue_queue, count=1_000, expired_at=T0)
+
+    [got] = receive(requeue_queue, now=at(1))
+
+    assert got["receive_count"] == 2
+    assert Delivery.objects.count() == 1  # the one redelivered; the rest were not touched
+    assert Message.objects.filter(status=Message.Status.LEASED, lease_expires_at__lte=T0).count() == 999
+    # With every lease used up, it steps over one sweep batch at most, moving them to review.
+    Queue.objects.filter(id=requeue_queue.id).update(max_receives=1)
+    requeue_queue.refresh_from_db()
+    assert receive(requeue_queue, now=at(2)) == []
+    assert Message.objects.filter(status=Message.Status.REVIEW).count() == 100
+    assert Message.objects.filter(status=Message.Status.LEASED, lease_expires_at__lte=T0).count() == 899
+
+
+def test_queue_purge__moves_more_run_out_leases_than_a_statement_has_placeholders(requeue_queue):
+    """PostgreSQL binds at most 65,535 parameters to a statement: the history rows of the leases a
+    purge moves are written with one array parameter, not one placeholder per message."""
+    expired_leases_create(queue=requeue_queue, count=70_000, expired_at=T0)
+
+    assert queue_purge(queue=requeue_queue, now=at(1)) == 70_000
+
+    assert Delivery.objects.count() == 70_000
+    assert not Message.objects.exists()
 
 
 def test_message_receive__requeue_queue_keeps_live_leases(requeue_queue):

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from queues.conf import app_settings
 from queues.models import Delivery, Message, Queue
-from queues.services._sql import DELIVERY, MESSAGE, QUEUE, db_dt, fetch, marks
+from queues.services._sql import DELIVERY, MESSAGE, QUEUE, any_of, db_dt, fetch, marks
 
 # In a requeue queue a timed-out message goes back to READY until it has used up max_receives.
 _REDELIVER = f"(q.on_timeout = 'requeue' AND {MESSAGE}.receive_count < q.max_receives)"
@@ -58,13 +58,15 @@ def deliveries_record(*, ids: Sequence[int], outcome: str, ended_at: dt.datetime
         return
     ended = "lease_expires_at" if ended_at is None else "%s"
     params = [] if ended_at is None else [db_dt(ended_at)]
+    # One array parameter on PostgreSQL: a purge may move more leases than a statement has placeholders.
+    among, id_params = any_of("id", ids, "bigint")
     fetch(
         f"""
         INSERT INTO {DELIVERY} ({_HISTORY_COLUMNS})
         SELECT id, queue_id, receive_count, consumer, leased_by_id, leased_at, {ended}, %s, %s
-        FROM {MESSAGE} WHERE id IN ({marks(ids)})
+        FROM {MESSAGE} WHERE {among}
         """,
-        [*params, outcome, reason, *ids],
+        [*params, outcome, reason, *id_params],
     )
 
 
@@ -111,8 +113,47 @@ def _expire(*, now: dt.datetime, scope: str, params: list) -> dict[str, int]:
 
 
 def leases_expire_for_queue(*, queue_id: int, now: dt.datetime) -> dict[str, int]:
-    """LEASED -> READY/REVIEW for one queue's expired leases; call inside a transaction."""
+    """LEASED -> READY/REVIEW for one queue's expired leases, all of them; call inside a transaction."""
     return _expire_locked(now=now, scope=f"{MESSAGE}.queue_id = %s", params=[queue_id])
+
+
+# A requeue queue's run-out leases in expiry order, at most `batch` of them, up to the `wanted`-th
+# that still has a delivery left: those a receive of `wanted` may hand out, and the used-up ones
+# before them (bound for review) that it steps over. `before` counts the redeliverable ones before
+# each row. Statuses are literals, so SQLite reads message_leased_idx.
+_RECEIVABLE_RUN_OUT = f"""
+SELECT id FROM (
+    SELECT id, SUM(more) OVER (ORDER BY lease_expires_at, id ROWS UNBOUNDED PRECEDING) - more AS before
+    FROM (
+        SELECT id, lease_expires_at, CASE WHEN receive_count < %(max_receives)s THEN 1 ELSE 0 END AS more
+        FROM {MESSAGE}
+        WHERE queue_id = %(queue)s AND status = 'leased' AND lease_expires_at <= %(now)s
+        ORDER BY lease_expires_at, id
+        LIMIT %(batch)s
+    ) AS run_out
+) AS counted
+WHERE before < %(wanted)s
+"""
+
+
+def leases_expire_for_receive(*, queue: Queue, wanted: int, now: dt.datetime) -> dict[str, int]:
+    """Before a receive of `wanted` in a requeue queue: move the run-out leases it could hand out.
+
+    Redelivery is on time even when the sweep is late (rule 2), and in order: the first `wanted`
+    run-out leases with a delivery left (and the used-up ones before them, to review) are the ones
+    the receive would take before any ready message that became available later. At most
+    `SWEEP_BATCH` rows, so a receive after a long stop of the sweep stays one bounded transaction;
+    the sweep moves the rest. Call inside a transaction.
+    """
+    params = {
+        "queue": queue.id,
+        "now": db_dt(now),
+        "max_receives": queue.max_receives,
+        "batch": app_settings.SWEEP_BATCH,
+        "wanted": wanted,
+    }
+    ids = [row["id"] for row in fetch(_RECEIVABLE_RUN_OUT, params, reuse_plan=True)]
+    return leases_expire_ids(queue_id=queue.id, ids=ids, now=now)
 
 
 def leases_expire_ids(
@@ -126,8 +167,9 @@ def leases_expire_ids(
     """
     if not ids:
         return {"review": 0, "ready": 0}
-    scope = f"{MESSAGE}.queue_id = %s AND {MESSAGE}.id IN ({marks(ids)})"
-    params = [queue_id, *ids]
+    among, id_params = any_of(f"{MESSAGE}.id", ids, "bigint")
+    scope = f"{MESSAGE}.queue_id = %s AND {among}"
+    params = [queue_id, *id_params]
     if receipts:
         scope += f" AND {MESSAGE}.receipt IN ({marks(receipts)})"
         params += receipts

@@ -21,7 +21,7 @@ from queues.services._sql import MESSAGE, any_of, db_dt, fetch, marks, py_dt, py
 from queues.services.leases import (
     deliveries_record,
     deliveries_record_timed_out,
-    leases_expire_for_queue,
+    leases_expire_for_receive,
     leases_expire_ids,
 )
 
@@ -199,7 +199,7 @@ def message_receive(
     if queue.on_timeout == Queue.OnTimeout.REQUEUE:
         with transaction.atomic():
             # Redelivery is on time even when the sweep is late (rule 2).
-            leases_expire_for_queue(queue_id=queue.id, now=now)
+            leases_expire_for_receive(queue=queue, wanted=max_messages, now=now)
             rows = fetch(sql, params, reuse_plan=True, binary=True)
     else:
         rows = fetch(sql, params, reuse_plan=True, binary=True)
