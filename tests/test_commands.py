@@ -14,6 +14,7 @@ from django_q.models import Schedule
 from queues import services
 from queues.models import ApiToken, Message, Queue, ReviewDecision
 from queues.schedules import SCHEDULES
+from queues.services.maintenance import prune
 from tests import live
 from tests.conftest import requires_postgres
 from tests.factories import MessageFactory, QueueFactory, UserFactory
@@ -208,6 +209,47 @@ def test_prune__deletes_old_acked_tombstones_only():
     assert list(Message.objects.values_list("id", flat=True)) == [recent["id"]]
     # A retried ack inside the retention window still answers "acked".
     assert services.message_ack(queue=queue, receipts=[recent["receipt"]])[0]["status"] == "acked"
+
+
+def test_prune__keeps_a_dedup_id_inside_its_window_whatever_the_acked_retention(settings):
+    """The tombstone is what a repeated dedup_id is checked against: a retention shorter than the
+    dedup window must not let a second copy in."""
+    settings.WONDERQ_ACKED_RETENTION_SECONDS = 60
+    queue = QueueFactory()
+    t0 = timezone.now() - dt.timedelta(seconds=200)  # inside the 300 s window, past the 60 s retention
+    [first] = services.message_send(
+        queue=queue, messages=[services.OutgoingMessage(body="a", dedup_id="order-1")], now=t0
+    )
+    plain = services.message_send(queue=queue, messages=[services.OutgoingMessage(body="b")], now=t0)[0]
+    for got in services.message_receive(queue=queue, max_messages=2, now=t0):
+        services.message_ack(queue=queue, receipts=[got["receipt"]], now=t0)
+
+    assert "Pruned 1 acked messages" in run("prune")
+
+    assert list(Message.objects.values_list("id", flat=True)) == [first.id]
+    [again] = services.message_send(queue=queue, messages=[services.OutgoingMessage(body="a", dedup_id="order-1")])
+    assert (again.id, again.duplicate) == (first.id, True)
+    assert plain.id != first.id
+    # Once the window has passed, it goes.
+    settings.WONDERQ_DEDUP_WINDOW_SECONDS = 100
+    assert "Pruned 1 acked messages" in run("prune")
+    assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize("batch", [0, -1])
+def test_prune_and_sweep__a_batch_below_one_row_is_refused_not_spun_on(settings, batch):
+    """Set in settings.py directly (the environment's check refuses it first): a batch of 0 would
+    claim nothing on every turn, and the sweep loop would never end."""
+    settings.WONDERQ_SWEEP_BATCH = batch
+    queue = QueueFactory()
+    past = timezone.now() - dt.timedelta(days=1)
+    MessageFactory.create_batch(1, queue=queue, sent_at=past)
+    services.message_receive(queue=queue, now=past)
+    with pytest.raises(ValueError, match="at least 1 row"):
+        services.leases_sweep()
+    with pytest.raises(ValueError, match="at least 1 row"):
+        prune()
+    assert Message.objects.get().status == Message.Status.LEASED
 
 
 def test_prune__keeps_review_decisions_unless_a_retention_is_set(settings):

@@ -192,6 +192,8 @@ def test_worker_class__refused_where_it_would_stall_or_is_unknown(tmp_path, valu
         ("WONDERQ_SNAPSHOT_RETENTION_DAYS", "0", "WONDERQ_SNAPSHOT_RETENTION_DAYS must be 1 or more"),
         ("WONDERQ_MAX_BATCH", "-5", "WONDERQ_MAX_BATCH must be 0 or more"),
         ("WONDERQ_SWEEP_BATCH", "ten", "WONDERQ_SWEEP_BATCH must be a whole number, got 'ten'"),
+        ("WONDERQ_SWEEP_BATCH", "0", "WONDERQ_SWEEP_BATCH must be 1 or more, got '0'"),
+        ("WONDERQ_SWEEP_BATCH", "100001", "WONDERQ_SWEEP_BATCH must be at most 100000, got '100001'"),
     ],
 )
 def test_settings__a_bad_wonderq_number_is_refused_by_name(tmp_path, variable, value, message):

@@ -302,10 +302,12 @@ for _name in (
         except ValueError:
             raise ImproperlyConfigured(f"{_name} must be a whole number, got {os.environ[_name]!r}.") from None
         # A negative retention would put the cutoff in the future: prune would delete everything.
-        if globals()[_name] < (1 if _name.endswith("_DAYS") else 0):
-            raise ImproperlyConfigured(
-                f"{_name} must be {'1' if _name.endswith('_DAYS') else '0'} or more, got {os.environ[_name]!r}."
-            )
+        # A sweep batch of 0 would claim nothing, ever (the sweep would spin); its top is `sweep`'s.
+        _low, _high = (1, 100_000) if _name == "WONDERQ_SWEEP_BATCH" else (1 if _name.endswith("_DAYS") else 0, None)
+        if globals()[_name] < _low:
+            raise ImproperlyConfigured(f"{_name} must be {_low} or more, got {os.environ[_name]!r}.")
+        if _high is not None and globals()[_name] > _high:
+            raise ImproperlyConfigured(f"{_name} must be at most {_high}, got {os.environ[_name]!r}.")
 if "WONDERQ_QUEUE_CACHE_SECONDS" in os.environ:
     try:
         WONDERQ_QUEUE_CACHE_SECONDS = float(os.environ["WONDERQ_QUEUE_CACHE_SECONDS"])

@@ -355,6 +355,8 @@ def leases_sweep(
     """
     now = now or timezone.now()
     batch_size = batch_size or app_settings.SWEEP_BATCH
+    if batch_size < 1:
+        raise ValueError(f"a sweep batch must be at least 1 row, got {batch_size}")  # 0 would claim nothing, ever
     step = _batch_postgresql if connection.vendor == "postgresql" else _batch_sqlite
     params: dict = {"now": db_dt(now)}
     among = ""

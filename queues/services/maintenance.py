@@ -110,6 +110,8 @@ def prune(
     """
     now = now or timezone.now()
     batch = batch_size or app_settings.SWEEP_BATCH
+    if batch < 1:
+        raise ValueError(f"a prune batch must be at least 1 row, got {batch}")  # 0 would delete nothing
     result = PruneResult()
 
     def delete(kind: str, queryset) -> None:
@@ -119,8 +121,15 @@ def prune(
                 progress(result)
 
     acked_before = now - dt.timedelta(seconds=app_settings.ACKED_RETENTION_SECONDS)
+    # A tombstone is also what a repeated dedup_id is checked against: one still inside the dedup
+    # window stays, whatever the retention (a retention shorter than the window would let a copy in).
+    dedup_done = Q(dedup_id__isnull=True) | Q(
+        sent_at__lte=now - dt.timedelta(seconds=app_settings.DEDUP_WINDOW_SECONDS)
+    )
     for queue_id in Queue.objects.order_by("id").values_list("id", flat=True):
-        tombstones = Message.objects.filter(status=Message.Status.ACKED, queue_id=queue_id, acked_at__lt=acked_before)
+        tombstones = Message.objects.filter(
+            dedup_done, status=Message.Status.ACKED, queue_id=queue_id, acked_at__lt=acked_before
+        )
         delete("acked", tombstones.order_by("acked_at"))
     delete("deliveries", Delivery.objects.filter(~Q(message_id__in=Message.objects.values("id"))).order_by("id"))
     snapshots_before = now - dt.timedelta(days=app_settings.SNAPSHOT_RETENTION_DAYS)
