@@ -9,6 +9,7 @@ import datetime as dt
 import math
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -22,7 +23,13 @@ SPARK = {"width": 160, "height": 32, "left": 1, "right": 1, "top": 2, "bottom": 
 
 
 def dashboard(request):
-    """Every queue's live counts, last hour's throughput and a 24-hour depth chart (staff only)."""
+    """Every queue's live counts, last hour's throughput and a 24-hour depth chart.
+
+    For staff who may view queues in the admin: the page names every queue, as the queue list does,
+    and a user the queue list refuses is refused here too.
+    """
+    if not request.user.has_perm("queues.view_queue"):
+        raise PermissionDenied
     now = timezone.now()
     since = now - HISTORY
     rows = dashboard_rows(now=now, history=HISTORY)
@@ -35,6 +42,7 @@ def dashboard(request):
         "rows": [_table_row(row, since=since, now=now) for row in rows],
         "totals": _totals(rows),
         "selected": selected,
+        "may_review": request.user.has_perm("queues.view_reviewitem"),
         "chart": depth_chart(series, since=since, now=now, box=CHART, dots=True) if series else None,
         "has_snapshots": any(row.series for row in rows),
     }

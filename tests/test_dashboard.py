@@ -6,6 +6,7 @@ import datetime as dt
 from html.parser import HTMLParser
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from queues import services
@@ -13,7 +14,7 @@ from queues.dashboard import age_label
 from queues.models import QueueSnapshot
 from queues.services.dashboard import depth_series
 from tests.conftest import api_client_for
-from tests.factories import QueueFactory
+from tests.factories import QueueFactory, UserFactory
 
 URL = "/admin/dashboard/"
 COUNTS = ("ready", "delayed", "leased", "review")
@@ -97,6 +98,37 @@ def test_dashboard__non_staff_is_sent_to_login(client, user):
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
     assert b"wq-queues" not in response.content
+
+
+def _staff_with(client, *codenames):
+    """A staff user (not a superuser) with only these permissions of the queues app, logged in."""
+    user = UserFactory(is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="queues", codename__in=codenames))
+    client.force_login(user)
+    return client
+
+
+def test_dashboard__staff_who_may_not_view_queues_are_refused_and_not_shown_the_link(client, queue):
+    """The page names every queue and its counts: whom the queue list refuses, it refuses too."""
+    intern = _staff_with(client)
+    assert intern.get("/admin/queues/queue/").status_code == 403
+
+    response = intern.get(URL)
+
+    assert response.status_code == 403
+    assert b"jobs" not in response.content
+    assert 'href="/admin/dashboard/"' not in intern.get("/admin/").content.decode()
+
+
+def test_dashboard__review_counts_link_the_review_list_only_for_who_may_view_it(client, queue):
+    viewer = _staff_with(client, "view_queue")
+    assert 'href="/admin/dashboard/"' in viewer.get("/admin/").content.decode()
+    table = _table(viewer.get(URL))
+    assert table.rows["jobs"]["review"] == "0"
+    assert table.links == {}
+
+    reviewer = _staff_with(client, "view_queue", "view_reviewitem")
+    assert _table(reviewer.get(URL)).links == {"jobs": f"/admin/queues/reviewitem/?queue__id__exact={queue.id}"}
 
 
 def test_dashboard__no_queues_says_so(staff_client):
