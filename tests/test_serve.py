@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+from queues.management.commands import serve
 from tests import live
 
 pytestmark = pytest.mark.slow
@@ -219,6 +220,39 @@ def test_serve__a_bad_number_in_the_environment_is_named_like_a_bad_flag(tmp_pat
     assert run.returncode != 0
     assert f"argument {flag}: invalid int value: 'many'" in run.stderr
     assert not (tmp_path / "db.sqlite3").exists()  # stopped before migrating anything
+
+
+@pytest.mark.parametrize(
+    ("flag", "env_value"),
+    [
+        *[(flag, None) for flag in ("", "127.0.0.1:99999", "127.0.0.1:-1", "host:notaport", "unix:")],
+        *[(None, env_value) for env_value in ("127.0.0.1:99999", "localhost")],
+    ],
+)
+def test_serve__a_bad_bind_is_refused_before_anything_starts(tmp_path, flag, env_value):
+    """gunicorn would have printed a traceback after the migrate, or read an empty address as 0.0.0.0."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "DJANGO_DEBUG": "1"}
+    args = [sys.executable, "manage.py", "serve", "--no-scheduler"]
+    if flag is not None:
+        args += ["--bind", flag]
+    if env_value is not None:
+        env["WONDERQ_BIND"] = env_value
+    run = subprocess.run(args, cwd=live.ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "argument --bind: " in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "db.sqlite3").exists()  # stopped before migrating anything
+
+
+def test_serve__an_empty_wonderq_bind_means_the_default_address(monkeypatch):
+    monkeypatch.setenv("WONDERQ_BIND", "")
+    parser = serve.Command().create_parser("manage.py", "serve")
+    assert parser.parse_args([]).bind == "127.0.0.1:8000"
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:8000", "0.0.0.0:80", "[::1]:8000", "localhost:0", "unix:/run/wq.sock"])
+def test_serve__bind_takes_what_gunicorn_listens_on(value):
+    assert serve.bind_address(value) == value
 
 
 @pytest.mark.skipif(

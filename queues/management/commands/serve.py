@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -17,6 +18,22 @@ from django.db import DEFAULT_DB_ALIAS
 from queues.management.gunicorn import gunicorn_command, per_worker
 
 
+def bind_address(value: str) -> str:
+    """An address gunicorn can listen on: HOST:PORT, [IPV6]:PORT or unix:PATH (argparse type)."""
+    if value.startswith("unix:"):
+        if len(value) > len("unix:"):
+            return value
+        raise argparse.ArgumentTypeError("unix: needs a socket path, e.g. unix:/run/wonderq.sock")
+    host, colon, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not (colon and host and port.isascii() and port.isdigit() and int(port) <= 65535) or any(
+        c.isspace() or c in "[]/" for c in host
+    ):
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (a port 0-65535) or unix:PATH")
+    return value
+
+
 class Command(BaseCommand):
     help = (
         "Migrate the database, then run gunicorn and the django-q2 cluster (expiry sweep, stats, pruning) "
@@ -26,7 +43,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         # String defaults from the environment go through `type` like a flag would, so a bad
         # WONDERQ_THREADS is reported as "argument --threads: invalid int value".
-        parser.add_argument("--bind", default=os.environ.get("WONDERQ_BIND", "127.0.0.1:8000"), help="host:port")
+        # An empty WONDERQ_BIND (an env file's `WONDERQ_BIND=`) means the default: gunicorn would
+        # read an empty address as 0.0.0.0, every interface.
+        parser.add_argument(
+            "--bind",
+            type=bind_address,
+            default=os.environ.get("WONDERQ_BIND") or "127.0.0.1:8000",
+            help="HOST:PORT, [IPV6]:PORT or unix:PATH (default 127.0.0.1:8000)",
+        )
         parser.add_argument("--workers", type=int, default=os.environ.get("WONDERQ_WORKERS", "2"))
         parser.add_argument(
             "--threads",
