@@ -1,9 +1,9 @@
 """Read-only queries behind the operators' dashboard: live counts, last-hour throughput, depth history.
 
-Every query is bounded and independent of the number of queues: live counts are one
-`queue_counts` call (the API's own, so both show the same numbers), and throughput and history
-read only the last hour / day of snapshots through the (queue, taken_at) index, which the
-database sums into at most `points` time buckets per queue.
+The number of queries does not grow with the number of queues (their work does, a row per
+queue): live counts are one `queue_counts` call (the API's own, so both show the same numbers),
+and throughput and history read only the last hour / day of snapshots through the
+(queue, taken_at) index, which the database sums into at most `points` time buckets per queue.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from queues.conf import app_settings
@@ -16,38 +16,67 @@ from queues.services.queues import queue_counts
 
 
 def stats_snapshot(*, now: dt.datetime | None = None) -> int:
-    """Record every queue's depth and what was sent and acked since its last snapshot; returns how many."""
+    """Record every queue's depth and what was sent and acked since its last snapshot; returns how many.
+
+    A fixed number of statements whatever the number of queues: each queue's previous snapshot is
+    an index probe of one statement, and what was sent and acked is read once for every group of
+    queues that share a starting point (after one snapshot, that is all of them).
+    """
     now = now or timezone.now()
-    queue_ids = list(Queue.objects.values_list("id", flat=True))
-    if not queue_ids:
-        return 0
-    counts = queue_counts(queue_ids=queue_ids, now=now)
+    latest = QueueSnapshot.objects.filter(queue_id=OuterRef("pk")).order_by("-taken_at")
     previous = {
-        queue_id: QueueSnapshot.objects.filter(queue_id=queue_id).order_by("-taken_at").first()
-        for queue_id in queue_ids
+        row["id"]: row
+        for row in Queue.objects.order_by("id")
+        .annotate(
+            taken_at=Subquery(latest.values("taken_at")[:1]),
+            last_message_id=Subquery(latest.values("last_message_id")[:1]),
+        )
+        .values("id", "taken_at", "last_message_id")
     }
-    seen = {queue_id: snapshot.last_message_id for queue_id, snapshot in previous.items() if snapshot}
+    if not previous:
+        return 0
+    queue_ids = list(previous)
+    counts = queue_counts(queue_ids=queue_ids, now=now)
+    seen = {queue_id: row["last_message_id"] for queue_id, row in previous.items() if row["taken_at"] is not None}
     # A queue without a snapshot yet was made since the last one: its messages are all newer.
     newest_seen = max(seen.values(), default=0)
     sent, top = _sent_since({queue_id: seen.get(queue_id, newest_seen) for queue_id in queue_ids})
-    snapshots = []
-    for queue_id in queue_ids:
-        since = previous[queue_id].taken_at if previous[queue_id] else now - dt.timedelta(minutes=1)
-        acked = Message.objects.filter(
-            status=Message.Status.ACKED, queue_id=queue_id, acked_at__gt=since, acked_at__lte=now
-        ).count()
-        snapshots.append(
-            QueueSnapshot(
-                queue_id=queue_id,
-                taken_at=now,
-                sent=sent.get(queue_id, 0),
-                acked=acked,
-                last_message_id=top,
-                **{k: counts[queue_id][k] for k in ("ready", "delayed", "leased", "review")},
-            )
+    first_since = now - dt.timedelta(minutes=1)
+    acked = _acked_since({queue_id: row["taken_at"] or first_since for queue_id, row in previous.items()}, now=now)
+    QueueSnapshot.objects.bulk_create(
+        QueueSnapshot(
+            queue_id=queue_id,
+            taken_at=now,
+            sent=sent.get(queue_id, 0),
+            acked=acked.get(queue_id, 0),
+            last_message_id=top,
+            **{k: counts[queue_id][k] for k in ("ready", "delayed", "leased", "review")},
         )
-    QueueSnapshot.objects.bulk_create(snapshots)
-    return len(snapshots)
+        for queue_id in queue_ids
+    )
+    return len(queue_ids)
+
+
+def _acked_since(since: dict[int, dt.datetime], *, now: dt.datetime) -> dict[int, int]:
+    """How many messages each queue acked after its own `since` and up to `now`.
+
+    One grouped count per distinct `since`, each a range of message_queue_acked_idx per queue.
+    """
+    by_since: dict[dt.datetime, list[int]] = {}
+    for queue_id, start in since.items():
+        by_since.setdefault(start, []).append(queue_id)
+    acked: dict[int, int] = {}
+    for start, queue_ids in by_since.items():
+        rows = (
+            Message.objects.filter(
+                status=Message.Status.ACKED, queue_id__in=queue_ids, acked_at__gt=start, acked_at__lte=now
+            )
+            .order_by()
+            .values("queue_id")
+            .annotate(n=Count("id"))
+        )
+        acked.update((row["queue_id"], row["n"]) for row in rows)
+    return acked
 
 
 def _sent_since(seen: dict[int, int]) -> tuple[dict[int, int], int]:

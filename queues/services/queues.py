@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from queues.conf import app_settings
 from queues.models import Message, Queue, QueueGrant
-from queues.services._sql import MESSAGE, QUEUE, db_dt, fetch, marks, py_dt
+from queues.services._sql import MESSAGE, QUEUE, any_of, db_dt, fetch, py_dt
 from queues.services.leases import leases_expire_for_queue
 
 
@@ -199,7 +199,7 @@ SELECT q.id AS queue_id,
     WHERE m.queue_id = q.id AND m.status = 'leased' AND m.lease_expires_at <= %s
       AND q.on_timeout = 'requeue' AND m.receive_count < q.max_receives) AS redeliverable
 FROM {QUEUE} q
-WHERE q.id IN ({{ids}})
+WHERE {{among}}
 """
 
 
@@ -209,7 +209,9 @@ def queue_counts(*, queue_ids: list[int], now: dt.datetime) -> dict[int, dict]:
     counts = {queue_id: dict(empty) for queue_id in queue_ids}
     if not queue_ids:
         return counts
-    rows = fetch(_COUNTS_SQL.format(ids=marks(queue_ids)), [db_dt(now)] * 7 + list(queue_ids))
+    # One array parameter on PostgreSQL: there may be more queues than a statement has placeholders.
+    among, id_params = any_of("q.id", queue_ids, "bigint")
+    rows = fetch(_COUNTS_SQL.format(among=among), [db_dt(now)] * 7 + id_params)
     for row in rows:
         oldest = min(
             (py_dt(row[name]) for name in ("oldest_ready", "oldest_redeliverable") if row[name] is not None),
