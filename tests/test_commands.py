@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from io import StringIO
 
 import pytest
@@ -13,7 +15,7 @@ from django_q.models import Schedule
 
 from queues import services
 from queues.models import ApiToken, Message, Queue, ReviewDecision
-from queues.schedules import SCHEDULES
+from queues.schedules import SCHEDULES, schedules_setup
 from queues.services.maintenance import prune
 from tests import live
 from tests.conftest import requires_postgres
@@ -424,3 +426,54 @@ def test_migrate__0004_forward_back_and_forward_on_a_fresh_database(tmp_path):
         assert live.manage(env, "shell", "-c", _INDEXES).split() == before
         live.manage(env, "migrate")
         assert live.manage(env, "shell", "-c", _INDEXES).split() == after
+
+
+def test_setup_schedules__keeps_one_schedule_of_each_name_and_corrects_it():
+    """django-q2 does not make a schedule's name unique: one added by hand under the same name made
+    every later setup_schedules, and every migrate after it, a MultipleObjectsReturned traceback."""
+    run("setup_schedules")
+    original = Schedule.objects.get(name="wonderq.sweep")
+    Schedule.objects.create(name="wonderq.sweep", func="queues.tasks.sweep", schedule_type=Schedule.MINUTES, minutes=1)
+    Schedule.objects.filter(id=original.id).update(minutes=60)
+
+    run("setup_schedules")
+    call_command("migrate", verbosity=0)
+
+    [kept] = Schedule.objects.filter(name="wonderq.sweep")
+    assert (kept.id, kept.minutes, kept.func) == (original.id, 1, "queues.tasks.sweep")
+    assert Schedule.objects.filter(name__in=SCHEDULES).count() == len(SCHEDULES)
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_setup_schedules__two_at_once_make_one_of_each(monkeypatch):
+    """Two `serve` starting together each migrate. The first to create a schedule is held a moment
+    (the window in which the second used to find none and create its own); they take turns."""
+    from django.db import connections
+    from django.db.models import QuerySet
+
+    Schedule.objects.all().delete()
+    real_create = QuerySet.create
+
+    def slow_create(self, **kwargs):
+        if self.model is Schedule:
+            time.sleep(0.5)
+        return real_create(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "create", slow_create)
+    made = []
+
+    def setup():
+        try:
+            made.append(schedules_setup())
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=setup) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(made, key=len) == [[], list(SCHEDULES)]
+    assert sorted(Schedule.objects.values_list("name", flat=True)) == sorted(SCHEDULES)
