@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from queues import services
 from queues.dashboard import age_label
-from queues.models import QueueSnapshot
+from queues.models import Queue, QueueSnapshot
 from queues.services.dashboard import depth_series
 from tests.conftest import api_client_for
 from tests.factories import QueueFactory, UserFactory
@@ -212,6 +212,73 @@ def test_dashboard__queries_do_not_grow_with_queues(staff_client, django_assert_
     # Session and user, then queues, counts, throughput and history: one each whatever the number of queues.
     with django_assert_max_num_queries(6):
         assert staff_client.get(URL).status_code == 200
+
+
+def test_dashboard__the_table_shows_a_page_of_queues_and_the_totals_all_of_them(staff_client):
+    """A sparkline per queue is most of a page's time: the table pages, the totals and the chart's
+    queue list do not."""
+    now = timezone.now()
+    owner = QueueFactory(name="a000").owner
+    for i in range(1, 120):
+        QueueFactory(name=f"a{i:03d}", owner=owner)
+    _send(Queue.objects.get(name="a119"), 3, now=now)
+    _send(Queue.objects.get(name="a000"), 2, now=now)
+
+    first = staff_client.get(URL).content.decode()
+    table = _table(staff_client.get(URL))
+    assert list(table.rows) == [f"a{i:03d}" for i in range(50)]
+    assert "Queues 1\u201350 of 120 (page 1 of 3)" in first
+    assert first.count("<option value=") == 121  # every queue, and "All queues"
+    totals = _DashboardTotals.of(first)
+    assert (totals["heading"], totals["ready"]) == ("All 120 queues", "5")
+
+    last = staff_client.get(URL, {"page": 3})
+    assert list(_table(last).rows) == [f"a{i:03d}" for i in range(100, 120)]
+    assert _table(last).rows["a119"]["ready"] == "3"
+    # A page that is not one reads as the first or the last, never an error.
+    for page, shown in (("abc", range(50)), ("999", range(100, 120)), ("\x00", range(50)), ("-1", range(100, 120))):
+        assert list(_table(staff_client.get(URL, {"page": page})).rows) == [f"a{i:03d}" for i in shown]
+    # A queue off this page can still be charted, and its link keeps the page.
+    charted = staff_client.get(URL, {"queue": Queue.objects.get(name="a119").id, "page": 1}).content.decode()
+    assert "Depth over the last 24 hours — a119" in charted
+    assert f'href="?queue={Queue.objects.get(name="a010").id}&amp;page=1#wq-chart"' in charted
+
+
+class _DashboardTotals(HTMLParser):
+    """The totals row: its heading and {column: text}."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells: dict[str, str] = {}
+        self._inside = False
+        self._cell = None
+
+    @classmethod
+    def of(cls, page: str) -> dict[str, str]:
+        parser = cls()
+        parser.feed(page)
+        return parser.cells
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and attrs.get("id") == "wq-totals":
+            self._inside = True
+        elif self._inside and tag == "th":
+            self._cell = "heading"
+        elif self._inside and tag == "td" and "data-count" in attrs:
+            self._cell = attrs["data-count"]
+        if self._cell:
+            self.cells.setdefault(self._cell, "")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._cell = None
+        elif tag == "tr":
+            self._inside = False
+
+    def handle_data(self, data):
+        if self._cell:
+            self.cells[self._cell] += data.strip()
 
 
 def test_depth_series__averages_into_at_most_144_buckets(queue):
