@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from queues.bench import load
 from queues.management.commands.bench import (
     _is_local_host,
     _postgresql_settings,
@@ -110,3 +111,18 @@ def test_postgresql_settings__recorded_with_the_figures_they_move():
         for name, value in recorded.items():  # each as PostgreSQL shows it
             cursor.execute(f"SHOW {name}")
             assert cursor.fetchone()[0] == value, name
+
+
+@pytest.mark.parametrize(
+    ("values", "fraction", "expected"),
+    [([1, 2, 3, 4, 5], 0.5, 3), (list(range(1, 10)), 0.5, 5), ([1, 2, 3, 4], 0.5, 2),
+     (list(range(1, 1071)), 0.99, 1060), (list(range(1, 1001)), 0.999, 999), ([7], 0.999, 7),
+     ([3, 1], 0.0, 1), ([3, 1], 1.0, 3)],
+)  # fmt: skip
+def test_percentile__nearest_rank(values, fraction, expected):
+    """The ceil(fraction * n)-th smallest value; round() took 2.5 and 4.5 down (half to even)."""
+    assert load.percentile(values, fraction) == expected
+
+
+def test_percentile__of_nothing_is_none():
+    assert load.percentile([], 0.5) is None

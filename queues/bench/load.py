@@ -7,6 +7,7 @@ so the figures are what a real client sees: server, database and HTTP included.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from dataclasses import dataclass, field
@@ -166,8 +167,9 @@ def consume(base_url: str, token: str, queue: str, batch: int, seconds: float) -
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
-    """The value below which `fraction` of `values` fall (nearest rank)."""
+    """The value below which `fraction` of `values` fall (nearest rank: the ceil(fraction * n)-th smallest)."""
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+    # Not round(): it rounds halves to even, so the median of five values came out as the second.
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
