@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,67 @@ def test_percentile__nearest_rank(values, fraction, expected):
 
 def test_percentile__of_nothing_is_none():
     assert load.percentile([], 0.5) is None
+
+
+@contextmanager
+def _raw_server(answer: bytes | None):
+    """A server that answers every request with `answer`, as is, or closes the connection at once (None).
+
+    The load's client must count what such a server does as an error and go on, not end the run.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_one(conn):
+        with conn:
+            while conn.recv(65536) and answer is not None:
+                conn.sendall(answer)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the listener closed: the test is over
+                return
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/api/v1"
+    finally:
+        listener.close()
+
+
+def _http(status: str, body: bytes) -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body)
+
+
+_NOT_HTTP = [
+    (None, "_Closed"),  # closed before answering, and again on the retry
+    (b"garbage\r\n\r\n", "IndexError"),  # no status line
+    (b"HTTP/1.1 OK\r\n\r\n", "ValueError"),  # a status that is not a number
+]
+_NOT_WHAT_SEND_ANSWERS = [
+    (_http("201 Created", b"<html>busy</html>"), "JSONDecodeError"),  # a proxy's page
+    (_http("201 Created", b'{"id": 1}'), "KeyError"),  # JSON of another shape
+    (_http("201 Created", b"[]"), "TypeError"),
+]
+_NOT_WHAT_RECEIVE_ANSWERS = [
+    (_http("200 OK", b"<html>busy</html>"), "JSONDecodeError"),
+    (_http("200 OK", b'{"messages": [{"id": 1}]}'), "KeyError"),
+    (_http("200 OK", b"[]"), "TypeError"),
+]
+
+
+@pytest.mark.parametrize(
+    ("loop", "answer", "error"),
+    [(load.produce, *case) for case in _NOT_HTTP + _NOT_WHAT_SEND_ANSWERS]
+    + [(load.consume, *case) for case in _NOT_HTTP + _NOT_WHAT_RECEIVE_ANSWERS],
+    ids=lambda value: value.__name__ if callable(value) else value if isinstance(value, str) else "",
+)
+def test_load__a_broken_connection_or_answer_is_counted_as_an_error_not_raised(loop, answer, error):
+    """Before, each of these raised out of the loop and ended the whole batch with a traceback."""
+    with _raw_server(answer) as base:
+        tally = loop(base, "t", "q", 1, 0.1)
+
+    assert tally.errors > 0 and tally.sent == tally.acked == 0, tally
+    assert error in tally.error_samples[0], tally.error_samples

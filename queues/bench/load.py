@@ -67,13 +67,21 @@ class Client:
                 status, data = self._response()
                 elapsed = time.perf_counter() - started
                 return status, (json.loads(data) if data else {}), elapsed
-            except (ConnectionError, TimeoutError, _Closed):
-                if self.sock is not None:
-                    self.sock.close()
-                self.sock = None
+            except (ConnectionError, TimeoutError):  # _Closed included
+                self._drop()
                 if attempt == 2:
                     raise
+            except (ValueError, LookupError):
+                # Not HTTP, or a body that is not JSON: the rest of the stream cannot be trusted, so the
+                # next request starts on a new connection. Not resent: the server may have acted on it.
+                self._drop()
+                raise
         raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
 
     def _response(self) -> tuple[int, bytes]:
         while b"\r\n\r\n" not in self.buffer:
@@ -105,8 +113,13 @@ class Client:
         self.buffer += chunk
 
 
-class _Closed(Exception):
+class _Closed(ConnectionError):
     """The server closed the connection (keep-alive timeout): reconnect and resend."""
+
+
+# What one request can fail with, counted as an error rather than ending the run: a connection refused,
+# reset or closed (twice), an answer that is not HTTP or not JSON, or JSON of another shape.
+_FAILURES = (OSError, ValueError, LookupError, TypeError)
 
 
 def _error(tally: Tally, what: str) -> None:
@@ -123,14 +136,13 @@ def produce(base_url: str, token: str, queue: str, batch: int, seconds: float) -
     while time.monotonic() < deadline:
         try:
             status, data, elapsed = client.post(f"/queues/{queue}/messages/", body)
-        except OSError as exc:
+            if status == 201:
+                tally.sent += len(data["ids"])
+                tally.latencies["send"].append(elapsed)
+            else:
+                _error(tally, f"send {status}: {data}")
+        except _FAILURES as exc:
             _error(tally, f"send: {exc!r}")
-            continue
-        if status == 201:
-            tally.sent += len(data["ids"])
-            tally.latencies["send"].append(elapsed)
-        else:
-            _error(tally, f"send {status}: {data}")
     return tally
 
 
@@ -155,14 +167,13 @@ def consume(base_url: str, token: str, queue: str, batch: int, seconds: float) -
                 time.sleep(0.002)
                 continue
             status, data, elapsed = client.post(f"/queues/{queue}/ack/", {"receipts": receipts})
-        except OSError as exc:
+            if status == 200:
+                tally.acked += sum(1 for r in data["results"] if r["status"] in ("acked", "acked_late"))
+                tally.latencies["ack"].append(elapsed)
+            else:
+                _error(tally, f"ack {status}: {data}")
+        except _FAILURES as exc:
             _error(tally, f"consume: {exc!r}")
-            continue
-        if status == 200:
-            tally.acked += sum(1 for r in data["results"] if r["status"] in ("acked", "acked_late"))
-            tally.latencies["ack"].append(elapsed)
-        else:
-            _error(tally, f"ack {status}: {data}")
     return tally
 
 
