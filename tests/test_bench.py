@@ -13,9 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 
 from queues.bench import load
+from queues.management.commands import bench
 from queues.management.commands.bench import (
     _is_local_host,
     _postgresql_settings,
@@ -193,3 +196,41 @@ def test_load__a_broken_connection_or_answer_is_counted_as_an_error_not_raised(l
 
     assert tally.errors > 0 and tally.sent == tally.acked == 0, tally
     assert error in tally.error_samples[0], tally.error_samples
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    """A refusal must come before bench migrates, starts a server or makes a request: any of them fails the test."""
+
+    def reached(*args, **kwargs):
+        raise AssertionError("bench went past its checks")
+
+    monkeypatch.setattr(bench, "call_command", reached)
+    monkeypatch.setattr(bench.Command, "_start_server", reached)
+    monkeypatch.setattr(bench.urllib.request, "urlopen", reached)
+    monkeypatch.setattr(bench.load, "Client", reached)
+
+
+def _refuses(tmp_path, *args, match: str) -> None:
+    """bench with `args` stops with a CommandError matching `match`, and leaves no trace (not even its folder)."""
+    with pytest.raises(CommandError, match=match):
+        call_command("bench", "--output", str(tmp_path / "out"), "--duration", "1", *args)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--duration", "nan"], "--duration"),  # NaN passed `<= 0`, and went into the JSON
+        (["--duration", "inf"], "--duration"),  # a run that never ends
+        (["--duration", "-inf"], "--duration"),
+        (["--duration", "0"], "--duration"),
+        (["--duration", "86401"], "--duration"),
+        (["--batch", "1,10,1"], "--batch 1,10,1 names a batch size twice"),  # ran and reported twice
+        (["--batch", "0"], "between 1 and 100"),
+        (["--batch", "1,x"], "--batch"),
+        (["--runs", "0"], "--runs"),
+    ],
+)
+def test_bench__a_bad_duration_or_batch_list_is_refused_before_anything_runs(tmp_path, nothing_runs, args, match):
+    _refuses(tmp_path, *args, match=match)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import signal
@@ -28,6 +29,8 @@ from queues.bench.data import expired_leases_create
 from queues.bench.report import svg_chart, table
 from queues.management.gunicorn import gunicorn_command, per_worker
 from queues.services import leases_sweep, queue_create, token_create
+
+MAX_DURATION_S = 86_400  # a day per batch size; more is a typo, and inf never ends
 
 
 def _free_port() -> int:
@@ -303,8 +306,15 @@ class Command(BaseCommand):
         # Five consumers to two producers: a message costs a consumer two requests (receive, ack),
         # and on two shared cores this ratio gave the highest acked rate at every batch size.
         parser.add_argument("--consumers", type=int, default=5, help="consumer processes (default 5).")
-        parser.add_argument("--duration", type=float, default=20, help="seconds per batch size (default 20).")
-        parser.add_argument("--batch", default="1,10,100", help="comma-separated batch sizes (default 1,10,100).")
+        parser.add_argument(
+            "--duration",
+            type=float,
+            default=20,
+            help=f"seconds per batch size (default 20, at most {MAX_DURATION_S:,}).",
+        )
+        parser.add_argument(
+            "--batch", default="1,10,100", help="comma-separated batch sizes, each once, 1-100 (default 1,10,100)."
+        )
         parser.add_argument(
             "--runs", type=int, default=1, help="runs per batch size; the report gives medians (default 1)."
         )
@@ -323,11 +333,16 @@ class Command(BaseCommand):
             raise CommandError("--batch takes comma-separated whole numbers, e.g. 1,10,100") from None
         if not batches or any(not 1 <= b <= 100 for b in batches):
             raise CommandError("each batch size must be between 1 and 100")
+        if len(set(batches)) < len(batches):
+            raise CommandError(f"--batch {opts['batch']} names a batch size twice: give each once")
         counts = ("producers", "consumers", "workers", "runs", "threads", "connections")
-        if opts["duration"] <= 0 or min(opts[name] for name in counts) < 1:
+        if min(opts[name] for name in counts) < 1:
             raise CommandError(
-                "--duration, --producers, --consumers, --workers, --threads, --connections and --runs must be positive"
+                "--producers, --consumers, --workers, --threads, --connections and --runs must be positive"
             )
+        # NaN passes any comparison, and inf would never end.
+        if not (math.isfinite(opts["duration"]) and 0 < opts["duration"] <= MAX_DURATION_S):
+            raise CommandError(f"--duration must be more than 0 and at most {MAX_DURATION_S:,} seconds")
         if opts["url"] and not opts["token"]:
             raise CommandError("--url needs --token")
 
