@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -16,8 +17,10 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
+from django.utils import timezone
 
 from queues.bench import load
+from queues.bench.data import expired_leases_create
 from queues.management.commands import bench
 from queues.management.commands.bench import (
     _is_local_host,
@@ -26,6 +29,8 @@ from queues.management.commands.bench import (
     cpu_times,
     sweep_cpu_clock,
 )
+from queues.models import Message
+from queues.services import queue_create
 from tests.conftest import requires_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,3 +239,51 @@ def _refuses(tmp_path, *args, match: str) -> None:
 )
 def test_bench__a_bad_duration_or_batch_list_is_refused_before_anything_runs(tmp_path, nothing_runs, args, match):
     _refuses(tmp_path, *args, match=match)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--sweep", "-5"], "--sweep must be between 0 and 10,000,000"),  # inserted one lease
+        (["--sweep", "10000001"], "--sweep must be between 0 and 10,000,000"),
+        (["--backlog", "-5"], "--backlog must be between 0 and 10,000,000"),
+        (["--backlog", "10000001"], "--backlog must be between 0 and 10,000,000"),
+        (
+            ["--url", "http://127.0.0.1:1/api/v1", "--token", "t", "--sweep", "1000"],
+            "--sweep .* cannot be used with --url",
+        ),
+    ],
+)
+def test_bench__a_bad_sweep_or_backlog_is_refused_before_anything_runs(tmp_path, nothing_runs, args, match):
+    """--sweep was silently ignored with --url, and a negative one inserted a lease; a negative backlog sent none."""
+    _refuses(tmp_path, *args, match=match)
+
+
+@pytest.mark.parametrize("count", [1, 99, 100, 150, 250])
+def test_backlog__sends_exactly_the_number_asked(monkeypatch, count):
+    """It sent whole batches of 100: a backlog of 150 was 200 messages."""
+    sent = []
+
+    class Client:
+        def __init__(self, base, token):
+            pass
+
+        def post(self, path, body):
+            sent.append(len(body["messages"]))
+            return 201, {"ids": []}, 0.0
+
+    monkeypatch.setattr(load, "Client", Client)
+    bench.Command(stdout=io.StringIO(), stderr=io.StringIO())._backlog("q", count, "http://x/api/v1", "t")
+
+    assert sum(sent) == count and max(sent) <= 100, sent
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("count", [0, -5])
+def test_expired_leases_create__a_count_below_one_creates_none(user, count):
+    """The recursive sequence always holds its first row: a count of 0 or less inserted one lease."""
+    queue = queue_create(name="sweep", owner=user)
+
+    expired_leases_create(queue=queue, count=count, expired_at=timezone.now())
+
+    assert not Message.objects.filter(queue=queue).exists()

@@ -14,8 +14,10 @@ def expired_leases_create(*, queue: Queue, count: int, expired_at: dt.datetime) 
     """Insert `count` LEASED messages whose lease ran out at `expired_at` (one INSERT ... SELECT).
 
     Each is leased by the queue's owner, as a lease taken through the API always names a user,
-    so the sweep pays for that foreign key as it does in production.
+    so the sweep pays for that foreign key as it does in production. None for a count below 1.
     """
+    if count < 1:  # the recursive sequence below always holds its first row
+        return
     leased_at = db_dt(expired_at - dt.timedelta(seconds=queue.visibility_timeout))
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(

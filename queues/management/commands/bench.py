@@ -31,6 +31,7 @@ from queues.management.gunicorn import gunicorn_command, per_worker
 from queues.services import leases_sweep, queue_create, token_create
 
 MAX_DURATION_S = 86_400  # a day per batch size; more is a typo, and inf never ends
+MAX_SWEEP = MAX_BACKLOG = 10_000_000  # ten times the largest the README measures
 
 
 def _free_port() -> int:
@@ -318,9 +319,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--runs", type=int, default=1, help="runs per batch size; the report gives medians (default 1)."
         )
-        parser.add_argument("--sweep", type=int, default=0, metavar="N", help="also time a sweep of N expired leases.")
         parser.add_argument(
-            "--backlog", type=int, default=0, metavar="N", help="N ready messages in the queue before each run starts."
+            "--sweep",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"also time a sweep of N expired leases (at most {MAX_SWEEP:,}; not with --url).",
+        )
+        parser.add_argument(
+            "--backlog",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"N ready messages in the queue before each run starts (at most {MAX_BACKLOG:,}).",
         )
         parser.add_argument(
             "--output", default="bench-results", help="folder for JSON and SVG (default bench-results)."
@@ -343,6 +354,11 @@ class Command(BaseCommand):
         # NaN passes any comparison, and inf would never end.
         if not (math.isfinite(opts["duration"]) and 0 < opts["duration"] <= MAX_DURATION_S):
             raise CommandError(f"--duration must be more than 0 and at most {MAX_DURATION_S:,} seconds")
+        for name, cap in (("sweep", MAX_SWEEP), ("backlog", MAX_BACKLOG)):
+            if not 0 <= opts[name] <= cap:
+                raise CommandError(f"--{name} must be between 0 and {cap:,}")
+        if opts["sweep"] and opts["url"]:
+            raise CommandError("--sweep times a sweep of this machine's database: it cannot be used with --url")
         if opts["url"] and not opts["token"]:
             raise CommandError("--url needs --token")
 
@@ -479,11 +495,11 @@ class Command(BaseCommand):
         return result
 
     def _backlog(self, name: str, count: int, base: str, token: str) -> None:
-        """`count` READY messages waiting before the clock starts, sent over HTTP in batches of 100."""
+        """`count` READY messages waiting before the clock starts, sent over HTTP in batches of up to 100."""
         self.stderr.write(f"sending a backlog of {count:,} messages...")
         client = load.Client(base, token)
-        body = {"messages": [{"body": "x" * 64} for _ in range(100)]}
-        for _ in range(0, count, 100):
+        for start in range(0, count, 100):
+            body = {"messages": [{"body": "x" * 64} for _ in range(min(100, count - start))]}
             status, data, _ = client.post(f"/queues/{name}/messages/", body)
             if status != 201:
                 raise CommandError(f"backlog send failed: {status} {data}")
