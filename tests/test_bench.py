@@ -287,3 +287,34 @@ def test_expired_leases_create__a_count_below_one_creates_none(user, count):
     expired_leases_create(queue=queue, count=count, expired_at=timezone.now())
 
     assert not Message.objects.filter(queue=queue).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--worker-class", "sync", "--threads", "4"], "sync serves one request at a time per worker: --threads must"),
+        (["--worker-class", "gevent"], "gevent needs PostgreSQL"),  # the tests' database is SQLite
+        (["--worker-class", "eventlet"], "invalid choice: 'eventlet'"),  # found only after migrate, by gunicorn
+    ],
+)
+def test_bench__a_worker_class_it_would_not_run_as_reported_is_refused(tmp_path, nothing_runs, args, match):
+    """gunicorn turns sync with threads into gthread, but the report said sync; README: gevent is refused on SQLite."""
+    _refuses(tmp_path, *args, match=match)
+
+
+@pytest.mark.parametrize(("args", "threads"), [(["--worker-class", "sync"], 1), (["--worker-class", "gthread"], 4)])
+def test_bench__threads_default_to_what_the_worker_class_runs(tmp_path, monkeypatch, args, threads):
+    """A sync worker has one thread, so `--worker-class sync` alone is not refused for the gthread default of 4."""
+    started = []
+
+    def start_server(self, opts):
+        started.append(opts)
+        raise CommandError("stopped here")
+
+    monkeypatch.setattr(bench, "call_command", lambda *args, **kwargs: None)  # no migrate
+    monkeypatch.setattr(bench.Command, "check", lambda self, **kwargs: None)
+    monkeypatch.setattr(bench.Command, "_start_server", start_server)
+    with pytest.raises(CommandError, match="stopped here"):
+        call_command("bench", *args, "--output", str(tmp_path / "out"))
+
+    assert [opts["threads"] for opts in started] == [threads]

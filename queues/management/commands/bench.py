@@ -293,15 +293,18 @@ class Command(BaseCommand):
         parser.add_argument("--url", help="Benchmark a running server (its /api/v1 base URL); needs --token.")
         parser.add_argument("--token", help="API token for --url.")
         parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2).")
-        parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker (default 4).")
+        parser.add_argument(
+            "--threads", type=int, help="threads per gthread worker (default 4; a sync worker has one, so 1 or none)."
+        )
         parser.add_argument(
             "--connections", type=int, default=100, help="requests a gevent worker serves at once (default 100)."
         )
         parser.add_argument(
             "--worker-class",
+            choices=("gthread", "gevent", "sync"),
             default=settings.WONDERQ_WORKER_CLASS,
             help="gunicorn worker class (default WONDERQ_WORKER_CLASS: gevent on PostgreSQL, gthread on SQLite; "
-            "sync to compare).",
+            "sync, one request at a time per worker, to compare; gevent needs PostgreSQL).",
         )
         parser.add_argument("--producers", type=int, default=2, help="producer processes (default 2).")
         # Five consumers to two producers: a message costs a consumer two requests (receive, ack),
@@ -346,6 +349,18 @@ class Command(BaseCommand):
             raise CommandError("each batch size must be between 1 and 100")
         if len(set(batches)) < len(batches):
             raise CommandError(f"--batch {opts['batch']} names a batch size twice: give each once")
+        if opts["worker_class"] == "sync":
+            # gunicorn runs a sync worker given more than one thread as gthread: the report would name the wrong class.
+            if opts["threads"] not in (None, 1):
+                raise CommandError("--worker-class sync serves one request at a time per worker: --threads must be 1")
+            opts["threads"] = 1
+        elif opts["threads"] is None:
+            opts["threads"] = 4
+        if opts["worker_class"] == "gevent" and not opts["url"] and connection.vendor == "sqlite":
+            raise CommandError(
+                "--worker-class gevent needs PostgreSQL: on SQLite a writer waiting for the lock would stop every "
+                "request of its worker. Use gthread."
+            )
         counts = ("producers", "consumers", "workers", "runs", "threads", "connections")
         if min(opts[name] for name in counts) < 1:
             raise CommandError(
