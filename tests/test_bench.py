@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.core.management import call_command
@@ -318,3 +320,84 @@ def test_bench__threads_default_to_what_the_worker_class_runs(tmp_path, monkeypa
         call_command("bench", *args, "--output", str(tmp_path / "out"))
 
     assert [opts["threads"] for opts in started] == [threads]
+
+
+@contextmanager
+def _fake_api(answers: dict[tuple[str, str], tuple[int, bytes]], family: int = socket.AF_INET):
+    """An HTTP/1.1 server answering (method, path) with (status, body); the Host headers it saw, in a list."""
+    hosts: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the load's client expects
+
+        def answer(self):
+            hosts.append(self.headers["Host"])
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, body = answers.get((self.command, self.path), (404, b"<h1>Not Found</h1>"))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    server_class = type("Server", (http.server.ThreadingHTTPServer,), {"address_family": family})
+    server = server_class(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = "[::1]" if family == socket.AF_INET6 else "127.0.0.1"
+    try:
+        yield f"http://{host}:{server.server_address[1]}/api/v1", hosts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_HEALTHY = {("GET", "/api/v1/health/"): (200, b'{"status": "ok"}')}
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("abc", "plain HTTP only"),  # dialled localhost:80
+        ("https://127.0.0.1:8443/api/v1", "plain HTTP only"),  # was spoken to in plain HTTP
+        ("http://127.0.0.1:notaport/api/v1", "Port could not be cast"),  # ValueError traceback
+        ("http://127.0.0.1:70000/api/v1", "Port out of range"),
+        ("http://::1:8000/api/v1", "Port could not be cast"),  # an IPv6 address without its brackets
+        ("http://[::1/api/v1", "Invalid IPv6 URL"),
+        ("http:///api/v1", "give a host and a port"),
+        ("http://127.0.0.1:0/api/v1", "give a host and a port"),
+        ("http://user:key@127.0.0.1:8000/api/v1", "give the base URL only"),
+    ],
+)
+def test_bench__a_malformed_url_is_refused_before_anything_runs(tmp_path, nothing_runs, url, match):
+    _refuses(tmp_path, "--url", url, "--token", "t", match=f"--url .*{match}")
+
+
+@pytest.mark.parametrize(
+    ("answers", "match"),
+    [
+        ({}, "no WonderQ health answer .*ConnectionRefusedError"),  # nothing listening (the server is stopped)
+        ({("GET", "/api/v1/health/"): (200, b"<html>a proxy's page</html>")}, "no WonderQ health answer"),
+        ({("GET", "/api/v1/health/"): (200, b'{"status": "unavailable"}')}, "not WonderQ's"),
+        ({("GET", "/api/v1/health/"): (503, b'{"status": "unavailable"}')}, "answered 503"),
+        ({("GET", "/health/"): (200, b'{"status": "ok"}')}, "answered 404 .*/api/v1"),  # not the API's base path
+    ],
+)
+def test_bench__a_url_that_is_not_a_wonderq_api_is_refused_before_anything_runs(tmp_path, monkeypatch, answers, match):
+    """One GET of {url}/health/ first: a refused connection was a traceback, an HTML page a JSONDecodeError."""
+    monkeypatch.setattr(bench.load, "Client", lambda *args: pytest.fail("the load started"))
+    with _fake_api(answers) as (base, _):
+        if not answers:
+            base = "http://127.0.0.1:1/api/v1"
+        _refuses(tmp_path, "--url", base, "--token", "t", match=f"--url: .*{match}")
+
+
+def test_client__names_an_ipv6_host_in_brackets_in_its_host_header():
+    """`Host: ::1:8000` is not a valid header (Django answers 400); `[::1]:8000` is."""
+    with _fake_api({("POST", "/api/v1/queues/"): (201, b"{}")}, family=socket.AF_INET6) as (base, hosts):
+        status, _, _ = load.Client(base, "t").post("/queues/", {"name": "q"})
+
+    assert status == 201 and hosts == [f"[::1]:{urlsplit(base).port}"]

@@ -35,8 +35,9 @@ class Client:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname, parts.port or 80
         self.prefix = parts.path.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address, bracketed as in a URL
         self.head = (
-            f"Host: {self.host}:{self.port}\r\nAuthorization: Token {token}\r\n"
+            f"Host: {host}:{self.port}\r\nAuthorization: Token {token}\r\n"
             "Content-Type: application/json\r\nConnection: keep-alive\r\n"
         ).encode()
         self.sock: socket.socket | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -12,10 +13,12 @@ import statistics
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import Tags
@@ -32,6 +35,43 @@ from queues.services import leases_sweep, queue_create, token_create
 
 MAX_DURATION_S = 86_400  # a day per batch size; more is a typo, and inf never ends
 MAX_SWEEP = MAX_BACKLOG = 10_000_000  # ten times the largest the README measures
+
+
+def _api_base(url: str) -> str:
+    """The --url as the load's client dials it (http, a host, a port), or a CommandError naming what is wrong."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise CommandError(f"--url {url}: {exc}") from None
+    if parts.scheme != "http":
+        # The load's client is a plain socket: an https:// server would be spoken to in plain HTTP.
+        raise CommandError(f"--url {url}: bench speaks plain HTTP only, give http://HOST[:PORT]/api/v1")
+    if not parts.hostname or port == 0:
+        raise CommandError(f"--url {url}: give a host and a port from 1 to 65535, http://HOST[:PORT]/api/v1")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise CommandError(f"--url {url}: give the base URL only, http://HOST[:PORT]/api/v1, and the key with --token")
+    return url.rstrip("/")
+
+
+# The load's client dials the server itself: so does the health check, past any http_proxy setting.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _health_check(base: str) -> None:
+    """GET {base}/health/ once: a CommandError unless it answers as WonderQ does, 200 {"status": "ok"}."""
+    url = f"{base}/health/"
+    try:
+        with _direct.open(url, timeout=10) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise CommandError(
+            f"--url: {url} answered {exc.code} {exc.reason}; is the URL the API's base, /api/v1?"
+        ) from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise CommandError(f"--url: no WonderQ health answer from {url}: {exc!r}") from None
+    if not isinstance(answer, dict) or answer.get("status") != "ok":
+        raise CommandError(f"--url: {url} answered {answer!r}, not WonderQ's {{'status': 'ok'}}")
 
 
 def _free_port() -> int:
@@ -377,9 +417,13 @@ class Command(BaseCommand):
         if opts["url"] and not opts["token"]:
             raise CommandError("--url needs --token")
 
+        if opts["url"]:
+            # Before anything else is done: a wrong URL was a traceback, or a run of only errors.
+            _health_check(_api_base(opts["url"]))
+
         server = None
         if opts["url"]:
-            base, token = opts["url"].rstrip("/"), opts["token"]
+            base, token = _api_base(opts["url"]), opts["token"]
         else:
             call_command("migrate", interactive=False, verbosity=0)
             # Said before the figures it would explain (queues.checks: autovacuum off on PostgreSQL).
