@@ -346,7 +346,7 @@ def _fake_api(answers: dict[tuple[str, str], tuple[int, bytes]], family: int = s
 
     server_class = type("Server", (http.server.ThreadingHTTPServer,), {"address_family": family})
     server = server_class(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     host = "[::1]" if family == socket.AF_INET6 else "127.0.0.1"
     try:
         yield f"http://{host}:{server.server_address[1]}/api/v1", hosts
@@ -401,3 +401,30 @@ def test_client__names_an_ipv6_host_in_brackets_in_its_host_header():
         status, _, _ = load.Client(base, "t").post("/queues/", {"name": "q"})
 
     assert status == 201 and hosts == [f"[::1]:{urlsplit(base).port}"]
+
+
+def test_bench__a_wrong_token_stops_the_run_before_any_load(tmp_path, monkeypatch):
+    """The answer to creating the run's queue was ignored: a wrong --token ran, exited 0 and reported only errors."""
+    monkeypatch.setattr(bench, "ProcessPoolExecutor", lambda **kwargs: pytest.fail("the load started"))
+    answers = {**_HEALTHY, ("POST", "/api/v1/queues/"): (401, b'{"detail": "Invalid token.", "code": "auth"}')}
+    with _fake_api(answers) as (base, _), pytest.raises(CommandError, match=r"answered 401: .*Invalid token"):
+        call_command("bench", "--url", base, "--token", "wrong", "--output", str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ((201, b'{"name": "q"}'), None),
+        ((409, b'{"detail": "A queue named \'q\' already exists."}'), None),  # a run in the same second made it
+        ((403, b'{"detail": "no"}'), "answered 403"),
+        ((404, b"<h1>Not Found</h1>"), "failed: JSONDecodeError"),  # a path that is not the API's
+        ((500, b"<h1>Server Error (500)</h1>"), "failed: JSONDecodeError"),
+    ],
+)
+def test_remote_queue_create__takes_201_or_409_and_refuses_anything_else(answer, error):
+    with _fake_api({("POST", "/api/v1/queues/"): answer}) as (base, _):
+        if error is None:
+            bench._remote_queue_create(base, "t", "q")
+        else:
+            with pytest.raises(CommandError, match=f"creating queue q at {base} {error}"):
+                bench._remote_queue_create(base, "t", "q")

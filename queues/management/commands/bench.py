@@ -74,6 +74,17 @@ def _health_check(base: str) -> None:
         raise CommandError(f"--url: {url} answered {answer!r}, not WonderQ's {{'status': 'ok'}}")
 
 
+def _remote_queue_create(base: str, token: str, name: str) -> None:
+    """Create the run's queue through the API: the first request that shows whether --token is right."""
+    try:
+        status, data, _ = load.Client(base, token).post("/queues/", {"name": name})
+    except (OSError, ValueError, LookupError) as exc:
+        raise CommandError(f"creating queue {name} at {base} failed: {exc!r}") from None
+    # 409: a queue of that name exists already (a run of the same second); the load can use it.
+    if status not in (201, 409):
+        raise CommandError(f"creating queue {name} at {base} answered {status}: {data}; is --token right?")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -484,7 +495,7 @@ class Command(BaseCommand):
     def _phase(self, base: str, token: str, batch: int, opts: dict, server, run: int = 0) -> dict:
         name = f"bench-{int(time.time())}-b{batch}-r{run}"
         if opts["url"]:
-            load.Client(base, token).post("/queues/", {"name": name})
+            _remote_queue_create(base, token, name)
         else:
             from django.contrib.auth import get_user_model
 
