@@ -6,6 +6,7 @@ import http.server
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -428,3 +429,48 @@ def test_remote_queue_create__takes_201_or_409_and_refuses_anything_else(answer,
         else:
             with pytest.raises(CommandError, match=f"creating queue q at {base} {error}"):
                 bench._remote_queue_create(base, "t", "q")
+
+
+def _output_cases(tmp_path: Path) -> list[tuple[str, str]]:
+    (tmp_path / "a-file").write_text("")
+    return [(str(tmp_path / "a-file"), "File exists"), (str(tmp_path / "a-file" / "out"), "Not a directory")]
+
+
+def test_bench__an_output_that_cannot_hold_the_results_is_refused_before_anything_runs(tmp_path, nothing_runs):
+    """A file, or a path through one, was found only after the whole run: a traceback, the results lost."""
+    for output, reason in _output_cases(tmp_path):
+        _refuses(tmp_path, "--output", output, match=re.escape(f"--output {output}: {reason}"))
+
+
+def test_bench__an_output_folder_without_write_permission_is_refused(tmp_path, nothing_runs, monkeypatch):
+    """Faked: these tests run as root, who may write anywhere."""
+    monkeypatch.setattr(bench.os, "access", lambda path, mode: False)
+    with pytest.raises(CommandError, match=r"--output .*: the folder is not writable"):
+        call_command("bench", "--output", str(tmp_path))
+
+
+def _result(batch: int = 1, **memory) -> dict:
+    """One batch's result as _phase makes it, with no requests answered."""
+    return {
+        "batch": batch, "sent": 0, "acked": 0, "sent_per_s": 0.0, "acked_per_s": 0.0, "errors": 3,
+        "latency_ms": {op: {"p50": None, "p99": None, "p999": None, "max": None, "requests": 0}
+                       for op in ("send", "receive", "ack")},
+        "error_samples": ["send: ConnectionRefusedError()"],
+        **(memory or bench._memory_summary([])),
+    }  # fmt: skip
+
+
+_OPTS = {"workers": 2, "threads": 4, "connections": 100, "producers": 1, "consumers": 1, "worker_class": "gthread",
+         "runs": 1, "duration": 2.0, "backlog": 0, "url": None}  # fmt: skip
+
+
+def test_write__when_the_files_cannot_be_written_the_table_is_printed_first(tmp_path):
+    """The folder checked at the start can go during a run: the figures must not go with it."""
+    (tmp_path / "out").write_text("")  # the folder replaced by a file
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=re.escape(f"--output {tmp_path / 'out'}: the results could not be written")):
+        bench.Command(stdout=out, stderr=io.StringIO())._write([_result()], {**_OPTS, "output": str(tmp_path / "out")})
+
+    assert (
+        "| batch | sent msg/s |" in out.getvalue() and "error sample: send: ConnectionRefusedError()" in out.getvalue()
+    )

@@ -85,6 +85,18 @@ def _remote_queue_create(base: str, token: str, name: str) -> None:
         raise CommandError(f"creating queue {name} at {base} answered {status}: {data}; is --token right?")
 
 
+def _output_folder(path: str) -> Path:
+    """The --output folder, made if need be, or a CommandError saying why it cannot hold the results."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"--output {path}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"--output {path}: the folder is not writable")
+    return folder
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -431,6 +443,8 @@ class Command(BaseCommand):
         if opts["url"]:
             # Before anything else is done: a wrong URL was a traceback, or a run of only errors.
             _health_check(_api_base(opts["url"]))
+        # Made now: a bad --output (a file, a path that cannot be written) was found after the whole run.
+        _output_folder(opts["output"])
 
         server = None
         if opts["url"]:
@@ -597,8 +611,8 @@ class Command(BaseCommand):
         return threading.Thread(target=run)
 
     def _write(self, results: list[dict], opts: dict) -> None:
+        self._print(results)  # first: were the files to fail now, the figures are still on the screen
         folder = Path(opts["output"])
-        folder.mkdir(parents=True, exist_ok=True)
         engine = connection.vendor
         meta = {
             "database": engine,
@@ -618,9 +632,19 @@ class Command(BaseCommand):
         if engine == "postgresql" and not opts["url"]:
             meta["postgresql"] = _postgresql_settings()
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        (folder / f"bench-{engine}-{stamp}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
         title = f"WonderQ end to end on {engine}, {opts['workers']} workers, {os.cpu_count()} CPUs"
-        (folder / f"bench-{engine}-{stamp}.svg").write_text(svg_chart(results, title))
+        try:
+            (folder / f"bench-{engine}-{stamp}.json").write_text(
+                json.dumps({"meta": meta, "results": results}, indent=2)
+            )
+            (folder / f"bench-{engine}-{stamp}.svg").write_text(svg_chart(results, title))
+        except OSError as exc:
+            raise CommandError(
+                f"--output {folder}: the results could not be written ({exc}); the table is above"
+            ) from None
+        self.stdout.write(f"wrote {folder}/bench-{engine}-{stamp}.json and .svg")
+
+    def _print(self, results: list[dict]) -> None:
         self.stdout.write(table(results))
         for r in results:
             if r.get("sweep"):
@@ -635,4 +659,3 @@ class Command(BaseCommand):
                 )
             for sample in r["error_samples"]:
                 self.stdout.write(f"error sample: {sample}")
-        self.stdout.write(f"wrote {folder}/bench-{engine}-{stamp}.json and .svg")
