@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -39,8 +41,8 @@ from tests.conftest import requires_postgres
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
+def _bench_env(tmp_path: Path) -> dict[str, str]:
+    """bench in a process of its own, over a SQLite file of its own."""
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'bench.sqlite3'}",
@@ -49,6 +51,12 @@ def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
         "DJANGO_DEBUG": "0",
     }
     env.pop("REDIS_URL", None)
+    return env
+
+
+@pytest.mark.slow
+def test_bench__short_run_reports_throughput_latency_memory_and_sweep(tmp_path):
+    env = _bench_env(tmp_path)
     run = subprocess.run(
         [sys.executable, "manage.py", "bench", "--duration", "2", "--batch", "1,10", "--sweep", "2000",
          "--producers", "1", "--consumers", "1", "--output", str(tmp_path / "out")],
@@ -474,3 +482,89 @@ def test_write__when_the_files_cannot_be_written_the_table_is_printed_first(tmp_
     assert (
         "| batch | sent msg/s |" in out.getvalue() and "error sample: send: ConnectionRefusedError()" in out.getvalue()
     )
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid`, with its command line."""
+    children, found, stack = bench.process_children(), {}, [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            with contextlib.suppress(OSError):
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stack.append(child)
+    return found
+
+
+def _alive(pid: int, cmdline: str) -> bool:
+    """Whether that process still runs (a zombie has ended; the same pid with another command is another process)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        now = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and now == cmdline
+
+
+@contextmanager
+def _bench_running(tmp_path: Path):
+    """bench (one batch of 2 s) in its own process, yielded once its load runs, with its processes then.
+
+    Whatever is left of them at the end is killed, so a failing test leaves no gunicorn behind.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "bench", "--duration", "2", "--batch", "1", "--producers", "1",
+         "--consumers", "1", "--output", str(tmp_path / "out")],
+        cwd=ROOT, env=_bench_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+    reader.start()
+    processes: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("batch 1:") for line in stderr):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(stderr)[-2000:]
+            time.sleep(0.1)
+        time.sleep(1)  # past the calibrations, into the load
+        processes = _descendants(proc.pid)
+        assert any("gunicorn" in cmd for cmd in processes.values()), processes
+        assert any("multiprocessing" in cmd or "manage.py bench" in cmd for cmd in processes.values()), processes
+        yield proc, processes, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pid in {**processes, **_descendants(proc.pid)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        reader.join(timeout=5)
+
+
+def _gone(processes: dict[int, str], within: float = 5) -> list[str]:
+    """The processes still alive after `within` seconds."""
+    deadline = time.monotonic() + within
+    while (left := [cmd for pid, cmd in processes.items() if _alive(pid, cmd)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.slow
+def test_bench__sigterm_stops_gunicorn_and_the_load(tmp_path):
+    """SIGTERM's default ended bench at once: gunicorn and the load's processes lived on."""
+    with _bench_running(tmp_path) as (proc, processes, stderr):
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=60)
+
+        assert _gone(processes) == []
+        assert returncode == 143 and "CommandError: stopped by SIGTERM" in "".join(stderr), "".join(stderr)[-2000:]
+
+
+def test_await_server__a_gunicorn_that_exits_at_once_is_reported_at_once(tmp_path):
+    """It was polled over HTTP for 30 s before "did not start", its exit status unsaid."""
+    server = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    started = time.monotonic()
+    with pytest.raises(CommandError, match=r"gunicorn exited with status 3 before it answered"):
+        bench.Command(stdout=io.StringIO(), stderr=io.StringIO())._await_server(
+            server, "http://127.0.0.1:1/api/v1", {"workers": 2, "worker_class": "gthread", "threads": 4}
+        )
+    assert time.monotonic() - started < 5

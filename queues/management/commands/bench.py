@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
@@ -95,6 +96,31 @@ def _output_folder(path: str) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CommandError(f"--output {path}: the folder is not writable")
     return folder
+
+
+def _stopped(signum, frame):
+    raise CommandError("stopped by SIGTERM", returncode=128 + signal.SIGTERM)
+
+
+def _server_stop(server: subprocess.Popen) -> None:
+    """SIGTERM to gunicorn; if it has not stopped within 30 s, SIGKILL to it and its workers."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        workers = process_children().get(server.pid, [])
+        server.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        server.wait()
+
+
+def _pool_kill(pool: ProcessPoolExecutor) -> None:
+    """End a pool's processes at once (Python 3.14 has pool.kill_workers())."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
 
 
 def _free_port() -> int:
@@ -446,27 +472,34 @@ class Command(BaseCommand):
         # Made now: a bad --output (a file, a path that cannot be written) was found after the whole run.
         _output_folder(opts["output"])
 
-        server = None
         if opts["url"]:
             base, token = _api_base(opts["url"]), opts["token"]
         else:
             call_command("migrate", interactive=False, verbosity=0)
             # Said before the figures it would explain (queues.checks: autovacuum off on PostgreSQL).
             self.check(databases=[connection.alias], tags=[Tags.database])
-            server, base = self._start_server(opts)
-            from django.contrib.auth import get_user_model
-
-            user, _ = get_user_model().objects.get_or_create(username="bench")
-            _, token = token_create(user=user, name="bench")
+        server = None
+        # SIGTERM's default ends bench at once and leaves gunicorn running: raise instead, so the finally stops it.
+        previous = signal.signal(signal.SIGTERM, _stopped)
         try:
+            if not opts["url"]:
+                server, base = self._start_server(opts)
+                self._await_server(server, base, opts)
+                from django.contrib.auth import get_user_model
+
+                user, _ = get_user_model().objects.get_or_create(username="bench")
+                _, token = token_create(user=user, name="bench")
             results = []
             for batch in batches:
                 runs = [self._phase(base, token, batch, opts, server, run) for run in range(opts["runs"])]
                 results.append(runs[0] if len(runs) == 1 else _median_of(runs))
         finally:
-            if server is not None:
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=30)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stopping short
+            try:
+                if server is not None:
+                    _server_stop(server)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         self._write(results, opts)
 
     def _start_server(self, opts: dict):
@@ -492,19 +525,22 @@ class Command(BaseCommand):
             "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or settings.SECRET_KEY,
         }
         server = subprocess.Popen(cmd, cwd=settings.BASE_DIR, env=env)  # noqa: S603 (fixed arguments)
-        base = f"http://127.0.0.1:{port}/api/v1"
+        return server, f"http://127.0.0.1:{port}/api/v1"
+
+    def _await_server(self, server: subprocess.Popen, base: str, opts: dict) -> None:
+        """Wait until gunicorn answers /health/, at most 30 s; a CommandError if it exits first."""
         for _ in range(150):
+            if server.poll() is not None:  # it was waited on for 30 s
+                raise CommandError(f"gunicorn exited with status {server.returncode} before it answered (see above)")
             try:
                 with urllib.request.urlopen(f"{base}/health/", timeout=2):  # noqa: S310 (our own server)
                     break
             except OSError:
                 time.sleep(0.2)
         else:
-            server.kill()
             raise CommandError("gunicorn did not start within 30 s")
-        each = per_worker(worker_class=worker_class, threads=opts["threads"], connections=opts["connections"])
-        self.stderr.write(f"gunicorn: {workers} {worker_class} workers x {each} on {base}")
-        return server, base
+        each = per_worker(worker_class=opts["worker_class"], threads=opts["threads"], connections=opts["connections"])
+        self.stderr.write(f"gunicorn: {opts['workers']} {opts['worker_class']} workers x {each} on {base}")
 
     def _phase(self, base: str, token: str, batch: int, opts: dict, server, run: int = 0) -> dict:
         name = f"bench-{int(time.time())}-b{batch}-r{run}"
@@ -526,18 +562,27 @@ class Command(BaseCommand):
         calibration, ipc = cpu_calibration_ms(), ipc_calibration_us()
         machine_before = cpu_times()
         with ProcessPoolExecutor(max_workers=opts["producers"] + opts["consumers"]) as pool:
-            futures = [pool.submit(load.produce, base, token, name, batch, seconds) for _ in range(opts["producers"])]
-            futures += [pool.submit(load.consume, base, token, name, batch, seconds) for _ in range(opts["consumers"])]
-            started = time.monotonic()
-            if sweeper:
-                time.sleep(min(2.0, seconds / 4))
-                sweeper.start()
-            while not all(f.done() for f in futures):
-                time.sleep(1)
-                if server is not None:
-                    memory.append((time.monotonic() - started, *_tree_memory_kib(server.pid)))
-                self.stderr.write(f"  {time.monotonic() - started:4.0f}s", ending="\r")
-            tallies = [f.result() for f in futures]
+            try:
+                futures = [
+                    pool.submit(load.produce, base, token, name, batch, seconds) for _ in range(opts["producers"])
+                ]
+                futures += [
+                    pool.submit(load.consume, base, token, name, batch, seconds) for _ in range(opts["consumers"])
+                ]
+                started = time.monotonic()
+                if sweeper:
+                    time.sleep(min(2.0, seconds / 4))
+                    sweeper.start()
+                while not all(f.done() for f in futures):
+                    time.sleep(1)
+                    if server is not None:
+                        memory.append((time.monotonic() - started, *_tree_memory_kib(server.pid)))
+                    self.stderr.write(f"  {time.monotonic() - started:4.0f}s", ending="\r")
+                tallies = [f.result() for f in futures]
+            except BaseException:
+                # Stopped (SIGTERM, Ctrl-C): the load processes would run on to their deadline, the pool waiting.
+                _pool_kill(pool)
+                raise
         machine_cpu = cpu_shares(machine_before, cpu_times())
         if sweeper:
             sweeper.join()
