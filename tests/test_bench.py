@@ -568,3 +568,43 @@ def test_await_server__a_gunicorn_that_exits_at_once_is_reported_at_once(tmp_pat
             server, "http://127.0.0.1:1/api/v1", {"workers": 2, "worker_class": "gthread", "threads": 4}
         )
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("samples", "growth"),
+    [
+        ([(1.0, 175316, 134617), (2.0, 0, 0)], 0.0),  # the server gone by the second sample: was -100.0
+        ([(1.0, 0, 0), (2.0, 2000, 1000), (20.0, 2200, 1100)], pytest.approx(10.0)),  # not readable yet at first
+        ([(1.0, 2000, 1000), (3.0, 2000, 1000), (20.0, 2200, 1100), (21.0, 0, 0)], pytest.approx(10.0)),
+        ([(1.0, 0, 0), (2.0, 0, 0)], None),
+    ],
+)
+def test_memory_summary__a_sample_that_read_nothing_is_left_out(samples, growth):
+    assert bench._memory_summary(samples)["server_pss_growth_pct"] == growth
+
+
+def test_write__a_run_whose_memory_gave_no_growth_still_reports(tmp_path):
+    """A first sample of 0 made the growth None, and formatting it crashed after the whole run."""
+    out = io.StringIO()
+    memory = {"server_rss_mib": 171.0, "server_pss_mib": 131.0, "server_pss_growth_pct": None}
+    bench.Command(stdout=out, stderr=io.StringIO())._write([_result(**memory)], {**_OPTS, "output": str(tmp_path)})
+
+    assert "batch 1: server memory peak 131 MiB PSS (171 MiB RSS), PSS growth after warm-up unknown" in out.getvalue()
+    assert len(list(tmp_path.glob("bench-*.json"))) == 1
+
+
+@pytest.mark.slow
+def test_bench__a_server_that_dies_mid_run_stops_the_run(tmp_path):
+    """It went unnoticed: a batch of errors, memory read as 0, "PSS growth -100.0%", and exit status 0."""
+    with _bench_running(tmp_path) as (proc, processes, stderr):
+        [arbiter] = [pid for pid, cmd in processes.items() if "gunicorn" in cmd and pid in _children(proc.pid)]
+        os.kill(arbiter, signal.SIGKILL)
+        returncode = proc.wait(timeout=60)
+
+        assert returncode == 1 and "gunicorn exited with status -9 during batch 1" in "".join(stderr), stderr[-5:]
+        assert _gone({pid: cmd for pid, cmd in processes.items() if "gunicorn" not in cmd}) == []  # the load's
+        assert not list((tmp_path / "out").iterdir())  # no report of a broken run
+
+
+def _children(pid: int) -> list[int]:
+    return bench.process_children().get(pid, [])

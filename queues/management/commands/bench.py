@@ -117,6 +117,12 @@ def _server_stop(server: subprocess.Popen) -> None:
         server.wait()
 
 
+def _server_alive(server: subprocess.Popen, batch: int) -> None:
+    """A CommandError if gunicorn has exited: the run's figures would be errors, its memory read as 0."""
+    if server.poll() is not None:
+        raise CommandError(f"gunicorn exited with status {server.returncode} during batch {batch} (see above)")
+
+
 def _pool_kill(pool: ProcessPoolExecutor) -> None:
     """End a pool's processes at once (Python 3.14 has pool.kill_workers())."""
     for process in list((getattr(pool, "_processes", None) or {}).values()):
@@ -360,6 +366,8 @@ def _median_of(runs: list[dict]) -> dict:
 
 def _memory_summary(samples: list[tuple[float, int, int]]) -> dict:
     """Peak RSS and PSS, and PSS growth from the end of the first tenth of the run (warm-up) to the end."""
+    # A process tree that cannot be read (gone, or not yet there) reads 0: no memory, and no growth of -100%.
+    samples = [s for s in samples if s[2] > 0]
     if not samples:
         return {"server_rss_mib": None, "server_pss_mib": None, "server_pss_growth_pct": None}
     warm = next((s for s in samples if s[0] >= samples[-1][0] / 10), samples[0])
@@ -576,11 +584,14 @@ class Command(BaseCommand):
                 while not all(f.done() for f in futures):
                     time.sleep(1)
                     if server is not None:
+                        _server_alive(server, batch)
                         memory.append((time.monotonic() - started, *_tree_memory_kib(server.pid)))
                     self.stderr.write(f"  {time.monotonic() - started:4.0f}s", ending="\r")
                 tallies = [f.result() for f in futures]
+                if server is not None:
+                    _server_alive(server, batch)
             except BaseException:
-                # Stopped (SIGTERM, Ctrl-C): the load processes would run on to their deadline, the pool waiting.
+                # Stopped (SIGTERM, Ctrl-C, the server gone): the load would run on to its deadline, the pool waiting.
                 _pool_kill(pool)
                 raise
         machine_cpu = cpu_shares(machine_before, cpu_times())
@@ -700,7 +711,8 @@ class Command(BaseCommand):
                 growth = r["server_pss_growth_pct"]
                 self.stdout.write(
                     f"batch {r['batch']}: server memory peak {r['server_pss_mib']:.0f} MiB PSS"
-                    f" ({r['server_rss_mib']:.0f} MiB RSS), PSS growth after warm-up {growth:+.1f}%"
+                    f" ({r['server_rss_mib']:.0f} MiB RSS), PSS growth after warm-up "
+                    + ("unknown" if growth is None else f"{growth:+.1f}%")
                 )
             for sample in r["error_samples"]:
                 self.stdout.write(f"error sample: {sample}")
