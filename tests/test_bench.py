@@ -608,3 +608,29 @@ def test_bench__a_server_that_dies_mid_run_stops_the_run(tmp_path):
 
 def _children(pid: int) -> list[int]:
     return bench.process_children().get(pid, [])
+
+
+def test_write__with_url_the_meta_names_the_server_external_and_none_of_benchs_own_settings(tmp_path):
+    """The JSON and chart described bench's defaults (2 gthread workers x 4, this machine's database) as the server."""
+    opts = {**_OPTS, "url": "http://10.0.0.5:8000/api/v1/", "output": str(tmp_path)}
+    bench.Command(stdout=io.StringIO(), stderr=io.StringIO())._write([_result()], opts)
+
+    [report] = tmp_path.glob("bench-external-*.json")
+    meta = json.loads(report.read_text())["meta"]
+    assert meta["server"] == "external" and meta["url"] == "http://10.0.0.5:8000/api/v1"
+    assert not {"database", "workers", "threads", "connections", "worker_class", "postgresql"} & set(meta), meta
+    assert meta["producers"] == 1 and meta["duration_s"] == 2.0  # what bench did choose
+    [chart] = tmp_path.glob("bench-external-*.svg")
+    assert "WonderQ end to end at http://10.0.0.5:8000/api/v1, load from" in chart.read_text()
+    assert "workers" not in chart.read_text()
+
+
+def test_write__without_url_the_meta_describes_the_server_bench_ran(tmp_path):
+    bench.Command(stdout=io.StringIO(), stderr=io.StringIO())._write([_result()], {**_OPTS, "output": str(tmp_path)})
+
+    [report] = tmp_path.glob("bench-sqlite-*.json")
+    meta = json.loads(report.read_text())["meta"]
+    assert {k: meta[k] for k in ("database", "workers", "threads", "connections", "worker_class")} == {
+        "database": "sqlite", "workers": 2, "threads": 4, "connections": 100, "worker_class": "gthread",
+    }  # fmt: skip
+    assert "server" not in meta and "url" not in meta

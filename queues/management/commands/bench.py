@@ -669,15 +669,23 @@ class Command(BaseCommand):
     def _write(self, results: list[dict], opts: dict) -> None:
         self._print(results)  # first: were the files to fail now, the figures are still on the screen
         folder = Path(opts["output"])
-        engine = connection.vendor
+        if opts["url"]:
+            # Someone else's server: its database, workers and worker class are not bench's to tell.
+            engine = "external"
+            server = {"server": engine, "url": _api_base(opts["url"])}
+            title = f"WonderQ end to end at {server['url']}, load from {os.cpu_count()} CPUs"
+        else:
+            engine = connection.vendor
+            server = {
+                "database": engine,
+                **{name: opts[name] for name in ("workers", "threads", "connections")},
+                "worker_class": opts["worker_class"],
+            }
+            title = f"WonderQ end to end on {engine}, {opts['workers']} workers, {os.cpu_count()} CPUs"
         meta = {
-            "database": engine,
-            "workers": opts["workers"],
-            "threads": opts["threads"],
-            "connections": opts["connections"],
+            **server,
             "producers": opts["producers"],
             "consumers": opts["consumers"],
-            "worker_class": opts["worker_class"],
             "runs": opts["runs"],
             "duration_s": opts["duration"],
             "backlog": opts["backlog"],
@@ -685,10 +693,9 @@ class Command(BaseCommand):
             "machine": _machine(),
             "when": timezone.now().isoformat(),
         }
-        if engine == "postgresql" and not opts["url"]:
+        if engine == "postgresql":
             meta["postgresql"] = _postgresql_settings()
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        title = f"WonderQ end to end on {engine}, {opts['workers']} workers, {os.cpu_count()} CPUs"
         try:
             (folder / f"bench-{engine}-{stamp}.json").write_text(
                 json.dumps({"meta": meta, "results": results}, indent=2)
