@@ -538,7 +538,7 @@ class Command(BaseCommand):
     def _await_server(self, server: subprocess.Popen, base: str, opts: dict) -> None:
         """Wait until gunicorn answers /health/, at most 30 s; a CommandError if it exits first."""
         for _ in range(150):
-            if server.poll() is not None:  # it was waited on for 30 s
+            if server.poll() is not None:  # not polled on over HTTP for the rest of the 30 s
                 raise CommandError(f"gunicorn exited with status {server.returncode} before it answered (see above)")
             try:
                 with urllib.request.urlopen(f"{base}/health/", timeout=2):  # noqa: S310 (our own server)
