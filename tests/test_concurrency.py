@@ -236,3 +236,34 @@ def test_leases_sweep__two_sweepers_move_each_message_once(user):
     assert expired == {(message_id, Delivery.Outcome.EXPIRED): 1 for message_id in ids}
     assert not Delivery.objects.exists()  # into review: each delivery stays on its message row
     print(f"\n{connection.vendor}: sweepers moved {[result.review for result in results]}")
+
+
+@pytest.mark.parametrize("batch", [1, 10_000])
+def test_message_receive__a_run_out_lease_another_receive_holds_is_stepped_over(settings, user, batch):
+    """Requeue queue, two run-out leases, no sweep. Receive A moves and leases the first and holds its
+    transaction open; receive B, meanwhile, must take the second, not wait on the first and then find
+    nothing (on PostgreSQL it waited on A's lock and moved none; SQLite's receives take turns)."""
+    settings.WONDERQ_SWEEP_BATCH = batch  # 1: B's budget is spent on the one A holds
+    queue = QueueFactory(owner=user, on_timeout="requeue", visibility_timeout=30, max_receives=5)
+    t0 = timezone.now() - dt.timedelta(minutes=5)
+    first, second = (m.id for m in message_send(queue=queue, messages=[OutgoingMessage(body="a")] * 2, now=t0))
+    message_receive(queue=queue, max_messages=2, now=t0)  # both run out at t0 + 30 s
+    now = t0 + dt.timedelta(seconds=60)
+    a_has_it = threading.Event()
+    got = {}
+
+    def receive_a():
+        from django.db import transaction
+
+        with transaction.atomic():
+            got["a"] = [m["id"] for m in message_receive(queue=queue, max_messages=1, now=now)]
+            a_has_it.set()
+            time.sleep(1.5)
+
+    def receive_b():
+        assert a_has_it.wait(10)
+        got["b"] = [m["id"] for m in message_receive(queue=queue, max_messages=1, now=now)]
+
+    assert run_threads([receive_a, receive_b], timeout=30) == []
+    assert got["a"] == [first]
+    assert got["b"] == ([second] if batch > 1 or connection.vendor == "sqlite" else [])

@@ -339,6 +339,26 @@ def test_message_receive__requeue_queue_moves_at_most_a_sweep_batch_of_run_out_l
     assert Message.objects.filter(status=Message.Status.LEASED, lease_expires_at__lte=T0).count() == 899
 
 
+def test_message_receive__requeue_queue_judges_deliveries_left_by_the_queue_row(requeue_queue):
+    """The Queue object a receive is given may be a cached one (QUEUE_CACHE_SECONDS) from before
+    max_receives was lowered elsewhere. What is redeliverable is the database's call, as in the
+    move itself: the used-up lease goes to review and the next run-out lease is handed out."""
+    Queue.objects.filter(id=requeue_queue.id).update(max_receives=3)
+    requeue_queue.refresh_from_db()
+    [used_up] = send(requeue_queue, "a")
+    receive(requeue_queue)  # 1st delivery, runs out at 30
+    receive(requeue_queue, now=at(31))  # 2nd, runs out at 61
+    [next_one] = send(requeue_queue, "b", now=at(40))
+    receive(requeue_queue, now=at(41))  # runs out at 71
+    send(requeue_queue, "later", now=at(80))
+    Queue.objects.filter(id=requeue_queue.id).update(max_receives=2)  # the object still says 3
+
+    got = receive(requeue_queue, now=at(90))
+
+    assert [m["id"] for m in got] == [next_one]
+    assert Message.objects.get(id=used_up).status == Message.Status.REVIEW
+
+
 def test_queue_purge__moves_more_run_out_leases_than_a_statement_has_placeholders(requeue_queue):
     """PostgreSQL binds at most 65,535 parameters to a statement: the history rows of the leases a
     purge moves are written with one array parameter, not one placeholder per message."""

@@ -117,23 +117,18 @@ def leases_expire_for_queue(*, queue_id: int, now: dt.datetime) -> dict[str, int
     return _expire_locked(now=now, scope=f"{MESSAGE}.queue_id = %s", params=[queue_id])
 
 
-# A requeue queue's run-out leases in expiry order, at most `batch` of them, up to the `wanted`-th
-# that still has a delivery left: those a receive of `wanted` may hand out, and the used-up ones
-# before them (bound for review) that it steps over. `before` counts the redeliverable ones before
-# each row. Statuses are literals, so SQLite reads message_leased_idx.
-_RECEIVABLE_RUN_OUT = f"""
-SELECT id FROM (
-    SELECT id, SUM(more) OVER (ORDER BY lease_expires_at, id ROWS UNBOUNDED PRECEDING) - more AS before
-    FROM (
-        SELECT id, lease_expires_at, CASE WHEN receive_count < %(max_receives)s THEN 1 ELSE 0 END AS more
-        FROM {MESSAGE}
-        WHERE queue_id = %(queue)s AND status = 'leased' AND lease_expires_at <= %(now)s
-        ORDER BY lease_expires_at, id
-        LIMIT %(batch)s
-    ) AS run_out
-) AS counted
-WHERE before < %(wanted)s
+# A requeue queue's run-out leases in expiry order, each with whether it has a delivery left by the
+# queue's own row (a caller's Queue object may be up to QUEUE_CACHE_SECONDS old). Statuses are
+# literals, so SQLite reads message_leased_idx; `{after}` continues after the last one looked at.
+_RUN_OUT = f"""
+SELECT m.id, m.lease_expires_at, CASE WHEN m.receive_count < q.max_receives THEN 1 ELSE 0 END AS more
+FROM {MESSAGE} AS m JOIN {QUEUE} AS q ON q.id = m.queue_id
+WHERE m.queue_id = %(queue)s AND m.status = 'leased' AND m.lease_expires_at <= %(now)s {{after}}
+ORDER BY m.lease_expires_at, m.id
+LIMIT %(limit)s
 """
+_RUN_OUT_FIRST = _RUN_OUT.format(after="")
+_RUN_OUT_AFTER = _RUN_OUT.format(after="AND (m.lease_expires_at, m.id) > (%(after_at)s, %(after_id)s)")
 
 
 def leases_expire_for_receive(*, queue: Queue, wanted: int, now: dt.datetime) -> dict[str, int]:
@@ -141,19 +136,47 @@ def leases_expire_for_receive(*, queue: Queue, wanted: int, now: dt.datetime) ->
 
     Redelivery is on time even when the sweep is late (rule 2), and in order: the first `wanted`
     run-out leases with a delivery left (and the used-up ones before them, to review) are the ones
-    the receive would take before any ready message that became available later. At most
-    `SWEEP_BATCH` rows, so a receive after a long stop of the sweep stays one bounded transaction;
-    the sweep moves the rest. Call inside a transaction.
+    the receive would take before any ready message that became available later. On PostgreSQL a
+    lease another receive (or a late ack) holds is stepped over (SKIP LOCKED), as the receive steps
+    over a ready message another holds, and the next is taken instead; nothing here waits for a lock.
+    At most `SWEEP_BATCH` rows are looked at, so a receive after a long stop of the sweep stays one
+    bounded transaction; the sweep moves the rest. Call inside a transaction.
     """
-    params = {
-        "queue": queue.id,
-        "now": db_dt(now),
-        "max_receives": queue.max_receives,
-        "batch": app_settings.SWEEP_BATCH,
-        "wanted": wanted,
-    }
-    ids = [row["id"] for row in fetch(_RECEIVABLE_RUN_OUT, params, reuse_plan=True)]
-    return leases_expire_ids(queue_id=queue.id, ids=ids, now=now)
+    moved = {"review": 0, "ready": 0}
+    budget = app_settings.SWEEP_BATCH
+    params = {"queue": queue.id, "now": db_dt(now)}
+    sql = _RUN_OUT_FIRST
+    while budget > 0 and moved["ready"] < wanted:
+        rows = fetch(sql, {**params, "limit": budget}, reuse_plan=True)
+        need, prefix = wanted - moved["ready"], []
+        for row in rows:
+            prefix.append(row)
+            need -= row["more"]
+            if not need:
+                break
+        if not prefix:
+            break
+        ids = [row["id"] for row in prefix]
+        if connection.vendor == "postgresql":
+            # Those no one else holds; they stay ours until the receive commits.
+            among, id_params = any_of("id", ids, "bigint")
+            locked = fetch(
+                f"SELECT id FROM {MESSAGE} WHERE {among} AND status = 'leased' AND lease_expires_at <= %s"
+                " ORDER BY id FOR UPDATE SKIP LOCKED",
+                [*id_params, db_dt(now)],
+            )
+            ids = [row["id"] for row in locked]
+        for kind, count in leases_expire_ids(queue_id=queue.id, ids=ids, now=now).items():
+            moved[kind] += count
+        if need and len(rows) < budget:
+            break  # every run-out lease there is has been looked at
+        # Some were held elsewhere or changed meanwhile: go on after the last one looked at.
+        budget -= len(prefix)
+        last = prefix[-1]
+        at = last["lease_expires_at"]
+        params.update(after_at=db_dt(at) if isinstance(at, dt.datetime) else at, after_id=last["id"])
+        sql = _RUN_OUT_AFTER
+    return moved
 
 
 def leases_expire_ids(
