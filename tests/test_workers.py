@@ -247,3 +247,24 @@ def test_workers__a_worker_restarting_holds_no_one_back(tmp_path):
             raise AssertionError("the new worker never took a connection")
         for client in [*clients, *late]:
             client.close()
+
+
+def test_workers__two_servers_on_one_host_leave_no_shared_control_socket(tmp_path):
+    """gunicorn 25+ opens a control socket at one path per user by default; two servers took it from
+    each other. serve and bench start theirs without one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with live.fresh_database(tmp_path) as database_url:
+        env = live.project_env(database_url, HOME=str(home))
+        env.pop("REDIS_URL", None)
+        env.pop("XDG_RUNTIME_DIR", None)
+        ports = [live.free_port(), live.free_port()]
+        args = [
+            gunicorn_command(bind=f"127.0.0.1:{port}", workers=1, worker_class="gthread", threads=2, connections=1)
+            for port in ports
+        ]
+        with (
+            live.process([*args[0], "--log-level", "warning"], env, f"http://127.0.0.1:{ports[0]}/api/v1/health/"),
+            live.process([*args[1], "--log-level", "warning"], env, f"http://127.0.0.1:{ports[1]}/api/v1/health/"),
+        ):
+            assert not list(home.rglob("*.ctl"))

@@ -21,7 +21,11 @@ def gunicorn_command(*, bind: str, workers: int, worker_class: str, threads: int
     classes (`sync`, for comparison in `bench`) are gunicorn's own.
     """
     per_worker = ["--worker-connections", str(connections)] if worker_class == "gevent" else ["--threads", str(threads)]
+    # No control socket: gunicorn's default is one path per user ($HOME/.gunicorn/gunicorn.ctl), so
+    # two servers on one host (several `serve --no-scheduler`, a `bench` beside a `serve`) took it
+    # from each other, and the first to stop removed the other's. Nothing here uses it.
     return [
         sys.executable, "-m", "gunicorn", "wonderq_project.wsgi:application", "--bind", bind,
         "--workers", str(workers), "--worker-class", WORKER_CLASSES.get(worker_class, worker_class), *per_worker,
+        "--no-control-socket",
     ]  # fmt: skip
