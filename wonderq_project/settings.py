@@ -178,8 +178,9 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    # django-ratelimit refuses a cache that processes do not share. Without
-    # REDIS_URL the embedded default runs in one process, where it is shared.
+    # django-ratelimit refuses a cache that processes do not share. Without REDIS_URL each
+    # process (each of serve's gunicorn workers) counts alone: documented in the README's
+    # configuration table, which says to set REDIS_URL wherever limits must hold exactly.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 RATELIMIT_ENABLE = env_bool("WONDERQ_RATELIMIT_ENABLE", True)
