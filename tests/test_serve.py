@@ -202,6 +202,23 @@ def test_settings__a_bad_wonderq_number_is_refused_by_name(tmp_path, variable, v
     run = _worker_class(f"sqlite:///{tmp_path / 'db.sqlite3'}", **{variable: value})
     assert run.returncode != 0
     assert message in run.stderr
+    assert "Traceback" not in run.stderr  # the message says what to set
+
+
+def test_settings__no_secret_key_without_debug_says_so_without_a_traceback(tmp_path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "DJANGO_SETTINGS_MODULE": "wonderq_project.settings",
+    }
+    env.pop("DJANGO_DEBUG", None)
+    env.pop("DJANGO_SECRET_KEY", None)
+    run = subprocess.run(
+        [sys.executable, "manage.py", "queue_stats"], cwd=live.ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith("manage.py: DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
+    assert "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize(
