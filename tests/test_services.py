@@ -370,6 +370,22 @@ def test_queue_purge__moves_more_run_out_leases_than_a_statement_has_placeholder
     assert not Message.objects.exists()
 
 
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own limit on bound parameters")
+def test_queue_purge__a_sqlite_built_with_fewer_parameters_still_moves_thousands(requeue_queue):
+    """SQLite binds at most 32,766 parameters a statement by default, 999 in some builds (this
+    one allows 250,000): long id lists go as one JSON array instead."""
+    import sqlite3
+
+    connection.ensure_connection()
+    built = connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    try:
+        expired_leases_create(queue=requeue_queue, count=2_000, expired_at=T0)
+        assert queue_purge(queue=requeue_queue, now=at(1)) == 2_000
+        assert Delivery.objects.count() == 2_000
+    finally:
+        connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, built)
+
+
 def test_message_receive__requeue_queue_keeps_live_leases(requeue_queue):
     send(requeue_queue, "a")
     receive(requeue_queue)

@@ -49,6 +49,9 @@ def marks(values: Sequence) -> str:
     return ", ".join(["%s"] * len(values))
 
 
+_SQLITE_LIST = 500
+
+
 def any_of(column: str, values: Sequence, pg_type: str) -> tuple[str, list]:
     """`column IN (values)` and its parameters.
 
@@ -58,7 +61,12 @@ def any_of(column: str, values: Sequence, pg_type: str) -> tuple[str, list]:
     """
     if connection.vendor == "postgresql":
         return f"{column} = ANY(%s::{pg_type}[])", [list(values)]
-    return f"{column} IN ({marks(values)})", list(values)
+    values = list(values)
+    if len(values) > _SQLITE_LIST:
+        # SQLite binds at most 32,766 parameters a statement in its default build (some builds
+        # 999): a longer list goes as one JSON array. A short one stays a list SQLite plans best.
+        return f"{column} IN (SELECT value FROM json_each(%s))", [json.dumps(values)]
+    return f"{column} IN ({marks(values)})", values
 
 
 if psycopg is not None:
