@@ -82,6 +82,43 @@ def test_sqlite_writer__waits_for_a_long_writer_instead_of_failing(short_busy_ti
     assert sorted(Message.objects.values_list("body", flat=True)) == ["first", "second"]
 
 
+def test_sqlite_writer__a_write_whose_rows_are_not_read_yet_holds_no_lock(short_busy_timeout):
+    """An autocommit INSERT ... RETURNING holds SQLite's write lock until its rows are read. They are
+    read under the file lock, so a caller slow to fetch them (Django's own save reads one row and
+    leaves the rest to the cursor's close) never leaves the next writer to the busy handler."""
+    queue = QueueFactory()
+    executed, go_on = threading.Event(), threading.Event()
+    insert = (
+        f"INSERT INTO {Message._meta.db_table} (queue_id, status, body, attributes, sent_at, available_at,"
+        " receive_count, consumer, review_reason, review_note, acked_from) VALUES"
+        " (%s, 'ready', 'a', '{}', '2020-01-01 00:00:00', '2020-01-01 00:00:00', 0, '', '', '', ''),"
+        " (%s, 'ready', 'b', '{}', '2020-01-01 00:00:00', '2020-01-01 00:00:00', 0, '', '', '', '')"
+        " RETURNING id"
+    )
+
+    def slow_reader():
+        with connection.cursor() as cursor:
+            cursor.execute(insert, [queue.id, queue.id])
+            executed.set()
+            go_on.wait(5)
+            return [cursor.fetchone(), *cursor.fetchmany(5), cursor.fetchone()]
+
+    def next_writer():
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {Message._meta.db_table} SET consumer = 'x'")
+            return cursor.rowcount
+
+    first, first_outcome = _in_thread(slow_reader)
+    assert executed.wait(5)
+    second, second_outcome = _in_thread(next_writer)
+    second.join(5)  # ten times SQLite's busy timeout: it has failed by now, or done
+    go_on.set()
+    first.join(5)
+    assert second_outcome == [2]
+    [(one,), (two,), none] = first_outcome[0]
+    assert (two - one, none) == (1, None)
+
+
 def test_sqlite_writer__reads_do_not_wait_for_a_writer(short_busy_timeout):
     queue = QueueFactory()
     message_send(queue=queue, messages=[OutgoingMessage(body="old")])

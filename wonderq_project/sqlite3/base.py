@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from itertools import islice
 
 from django.db.backends.sqlite3 import base
 from django.db.backends.sqlite3.base import SQLiteCursorWrapper
@@ -44,16 +46,45 @@ class _WriterLock:
 
 class WriterLockingCursor(SQLiteCursorWrapper):
     writer: _WriterLock | None = None
+    # The rows of a write with RETURNING run outside a transaction, read while the lock was held.
+    _rows: Iterator | None = None
 
     def execute(self, query, params=None):
+        self._rows = None
         writer = self.writer
         if writer is None or self.connection.in_transaction or not query.lstrip()[:7].upper().startswith(_WRITES):
             return super().execute(query, params)
         writer.acquire()
         try:
-            return super().execute(query, params)
+            super().execute(query, params)
+            if self.description is not None:
+                # A write with RETURNING runs to its end, and SQLite lets go of the database's write
+                # lock, only once its rows are read: until then the next writer would find the file
+                # lock free and sleep in the busy handler. So they are read here, under the lock.
+                self._rows = iter(super().fetchall())
+            return self
         finally:
             writer.release()
+
+    def fetchone(self):
+        if self._rows is None:
+            return super().fetchone()
+        return next(self._rows, None)
+
+    def fetchmany(self, size=None):
+        if self._rows is None:
+            return super().fetchmany(self.arraysize if size is None else size)
+        return list(islice(self._rows, self.arraysize if size is None else size))
+
+    def fetchall(self):
+        if self._rows is None:
+            return super().fetchall()
+        return list(self._rows)
+
+    def __next__(self):
+        if self._rows is None:
+            return super().__next__()
+        return next(self._rows)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
