@@ -30,6 +30,8 @@ DEFAULTS = {
     "RATE_PER_TOKEN": "6000/m",
     "RATE_ANONYMOUS": "120/m",
     "RATE_FAILED_AUTH": "30/m",
+    # The request header (as Django's META key) a trusted proxy sets to the client's address; "": none.
+    "CLIENT_ADDRESS_HEADER": "",
     "SNAPSHOT_RETENTION_DAYS": 7,
     # Review decisions are kept for good (the audit trail outlives the messages); a number of
     # days makes prune delete older ones.

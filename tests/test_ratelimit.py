@@ -200,3 +200,37 @@ def test_rate_anonymous__health_is_never_limited(db, client, settings):
 
     assert [client.get("/api/v1/health/").status_code for _ in range(6)] == [200] * 6
     assert [client.get("/api/v1/schema/").status_code for _ in range(4)][-1] == 429
+
+
+def _fail_auth_from(remote: str, forwarded: str | None = None) -> int:
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token wq_not-a-real-key")
+    extra = {"REMOTE_ADDR": remote}
+    if forwarded is not None:
+        extra["HTTP_X_FORWARDED_FOR"] = forwarded
+    return bad.get(URL, **extra).status_code
+
+
+@pytest.mark.django_db
+def test_rate_failed_auth__behind_a_proxy_each_client_counts_by_the_address_the_proxy_saw(settings, user):
+    """Every client arrives from the proxy's address: without the header setting one client's
+    failures lock out every uncached key behind that proxy."""
+    settings.WONDERQ_RATE_FAILED_AUTH = "3/m"
+    settings.WONDERQ_CLIENT_ADDRESS_HEADER = "HTTP_X_FORWARDED_FOR"
+    proxy = "10.0.0.2"
+    # What a client wrote in the header itself comes first; the proxy appends the address it saw.
+    assert [_fail_auth_from(proxy, f"6.6.6.{i}, 203.0.113.7") for i in range(3)] == [401] * 3
+    assert _fail_auth_from(proxy, "203.0.113.7") == 429
+    good = api_client_for(user)
+    assert good.get(URL, REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR="203.0.113.8").status_code == 200
+    # IPv6 clients count by their /64.
+    assert [_fail_auth_from(proxy, f"2001:db8:0:1::{i}") for i in range(4)] == [401, 401, 401, 429]
+    # A header missing or not an address: the connection's address counts, never a 500.
+    assert [_fail_auth_from(proxy, value) for value in (None, "unknown", "")] == [401, 401, 401]
+    assert _fail_auth_from(proxy, "not an address") == 429
+
+
+@pytest.mark.django_db
+def test_rate_failed_auth__without_the_setting_a_client_cannot_pick_its_address(settings):
+    settings.WONDERQ_RATE_FAILED_AUTH = "3/m"
+    assert [_fail_auth_from("198.51.100.9", f"192.0.2.{i}") for i in range(4)] == [401, 401, 401, 429]

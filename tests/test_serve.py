@@ -194,6 +194,7 @@ def test_worker_class__refused_where_it_would_stall_or_is_unknown(tmp_path, valu
         ("WONDERQ_MAX_BATCH", "-5", "WONDERQ_MAX_BATCH must be 0 or more"),
         ("WONDERQ_SWEEP_BATCH", "ten", "WONDERQ_SWEEP_BATCH must be a whole number, got 'ten'"),
         ("WONDERQ_SWEEP_BATCH", "0", "WONDERQ_SWEEP_BATCH must be 1 or more, got '0'"),
+        ("WONDERQ_CLIENT_ADDRESS_HEADER", "X Real IP", "WONDERQ_CLIENT_ADDRESS_HEADER must be a header name"),
         ("WONDERQ_SWEEP_BATCH", "100001", "WONDERQ_SWEEP_BATCH must be at most 100000, got '100001'"),
     ],
 )
@@ -203,6 +204,16 @@ def test_settings__a_bad_wonderq_number_is_refused_by_name(tmp_path, variable, v
     assert run.returncode != 0
     assert message in run.stderr
     assert "Traceback" not in run.stderr  # the message says what to set
+
+
+def test_settings__the_client_address_header_is_named_as_sent(tmp_path):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "DJANGO_DEBUG": "1"}
+    env["WONDERQ_CLIENT_ADDRESS_HEADER"] = "X-Forwarded-For"
+    code = "from queues.conf import app_settings; print(app_settings.CLIENT_ADDRESS_HEADER)"
+    run = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=live.ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.stdout.strip().splitlines()[-1] == "HTTP_X_FORWARDED_FOR", run.stderr
 
 
 def test_settings__no_secret_key_without_debug_says_so_without_a_traceback(tmp_path):

@@ -5,6 +5,7 @@ machine with nothing to install: SQLite beside manage.py and a local-memory cach
 """
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -316,6 +317,14 @@ if "WONDERQ_QUEUE_CACHE_SECONDS" in os.environ:
         WONDERQ_QUEUE_CACHE_SECONDS = -1.0
     if not 0 <= WONDERQ_QUEUE_CACHE_SECONDS < float("inf"):
         raise ImproperlyConfigured("WONDERQ_QUEUE_CACHE_SECONDS must be 0 or more seconds, e.g. 1 (0: no cache).")
+if os.environ.get("WONDERQ_CLIENT_ADDRESS_HEADER"):
+    # A header name as sent (X-Forwarded-For, X-Real-IP), as Django's META key (HTTP_X_FORWARDED_FOR).
+    _header = os.environ["WONDERQ_CLIENT_ADDRESS_HEADER"].strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", _header):
+        raise ImproperlyConfigured(
+            f"WONDERQ_CLIENT_ADDRESS_HEADER must be a header name such as X-Forwarded-For, got {_header!r}."
+        )
+    WONDERQ_CLIENT_ADDRESS_HEADER = "HTTP_" + _header.upper().replace("-", "_")
 for _name in ("WONDERQ_RATE_PER_TOKEN", "WONDERQ_RATE_ANONYMOUS", "WONDERQ_RATE_FAILED_AUTH"):
     if _name in os.environ:
         globals()[_name] = os.environ[_name]

@@ -18,6 +18,7 @@ per process. Limits under 200 a window are counted request by request, as before
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 
@@ -159,12 +160,33 @@ class TokenRateThrottle(BaseThrottle):
 
 
 def _address(request) -> str:
-    # django-ratelimit's "ip" key: RATELIMIT_IP_META_KEY when set, IPv6 addresses by their /64.
-    # gunicorn on a unix socket (behind a proxy) leaves REMOTE_ADDR empty, where django-ratelimit
-    # raises: such clients share one budget, as they would share the proxy's address.
-    if not request.META.get("REMOTE_ADDR") and not getattr(settings, "RATELIMIT_IP_META_KEY", None):
-        return "no-address"
-    return _get_ip(request)
+    """The client's address as the limits count it: IPv6 addresses by their /64, as django-ratelimit does.
+
+    Behind a proxy every client arrives from the proxy's address. With WONDERQ_CLIENT_ADDRESS_HEADER
+    set, the last address in that header is the client's: the one the proxy you run saw and
+    appended (what a client writes there itself comes before it). A header missing or not an
+    address falls back to the connection's. gunicorn on a unix socket leaves REMOTE_ADDR empty,
+    where django-ratelimit raises: such clients share one budget, as they share the proxy's address.
+    """
+    meta = request.META
+    header = app_settings.CLIENT_ADDRESS_HEADER
+    if header:
+        address = _ip(meta.get(header, "").rpartition(",")[2])
+        if address:
+            return address
+    elif getattr(settings, "RATELIMIT_IP_META_KEY", None):
+        return _get_ip(request)
+    return _ip(meta.get("REMOTE_ADDR", "")) or "no-address"
+
+
+def _ip(text: str) -> str | None:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False).network_address)
+    return str(address)
 
 
 def failed_auth_check(request) -> None:
