@@ -88,6 +88,10 @@ def test_create_queue__validates_name_and_owner():
         run("create_queue", "bad name", "--owner", "dave")
     with pytest.raises(CommandError, match="No user"):
         run("create_queue", "other", "--owner", "nobody")
+    UserFactory(username="gone", is_active=False)
+    with pytest.raises(CommandError, match="User 'gone' is inactive"):
+        run("create_queue", "other", "--owner", "gone")
+    assert not Queue.objects.filter(name="other").exists()
 
 
 def test_sweep__moves_expired_leases_and_prints_counts():

@@ -42,6 +42,9 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=owner).first()
         if user is None:
             raise CommandError(f"No user named {owner!r}; create one with create_token.")
+        if not user.is_active:
+            # Its tokens cannot authenticate: no one but staff could use the queue (create_token refuses it too).
+            raise CommandError(f"User {owner!r} is inactive; reactivate it first (admin, Users).")
         given = {field: options[field] for field in _OPTIONS if options[field] is not None}
         try:
             queue = queue_create(name=name, owner=user, on_timeout=on_timeout, **given)
