@@ -156,17 +156,19 @@ def leases_expire_for_receive(*, queue: Queue, wanted: int, now: dt.datetime) ->
                 break
         if not prefix:
             break
-        ids = [row["id"] for row in prefix]
+        among, id_params = any_of(f"{MESSAGE}.id", [row["id"] for row in prefix], "bigint")
         if connection.vendor == "postgresql":
-            # Those no one else holds; they stay ours until the receive commits.
-            among, id_params = any_of("id", ids, "bigint")
+            # Those no one else holds, locked in id order; they stay ours until the receive commits.
+            # (SQLite's IMMEDIATE transaction already keeps every other writer out.)
             locked = fetch(
                 f"SELECT id FROM {MESSAGE} WHERE {among} AND status = 'leased' AND lease_expires_at <= %s"
                 " ORDER BY id FOR UPDATE SKIP LOCKED",
                 [*id_params, db_dt(now)],
             )
-            ids = [row["id"] for row in locked]
-        for kind, count in leases_expire_ids(queue_id=queue.id, ids=ids, now=now).items():
+            among, id_params = any_of(f"{MESSAGE}.id", [row["id"] for row in locked], "bigint")
+        for kind, count in _expire(
+            now=now, scope=f"{MESSAGE}.queue_id = %s AND {among}", params=[queue.id, *id_params]
+        ).items():
             moved[kind] += count
         if need and len(rows) < budget:
             break  # every run-out lease there is has been looked at
