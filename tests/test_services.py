@@ -241,6 +241,15 @@ def test_message_receive__visibility_timeout_overrides_the_queue(queue):
     assert Message.objects.get(id=m["id"]).lease_expires_at == at(5)
 
 
+@pytest.mark.parametrize("count", [0, -1])
+def test_message_receive__fewer_than_one_is_refused_on_both_databases(queue, count):
+    """SQLite reads a negative LIMIT as no limit: every ready message was leased."""
+    send(queue, "a", "b", "c")
+    with pytest.raises(ValueError, match="max_messages must be at least 1"):
+        receive(queue, count)
+    assert Message.objects.filter(status=Message.Status.READY).count() == 3
+
+
 def test_message_receive__empty_queue_answers_nothing(queue):
     assert receive(queue, 10) == []
 

@@ -181,6 +181,9 @@ def message_receive(
     now: dt.datetime | None = None,
 ) -> list[dict]:
     """READY -> LEASED for up to `max_messages`, oldest first, each with a fresh receipt."""
+    if not max_messages >= 1:
+        # The API refuses it first. Below 1 SQLite reads LIMIT as "no limit", PostgreSQL refuses it.
+        raise ValueError(f"max_messages must be at least 1, got {max_messages}")
     now = now or timezone.now()
     timeout = queue.visibility_timeout if visibility_timeout is None else visibility_timeout
     expires = now + dt.timedelta(seconds=timeout)
