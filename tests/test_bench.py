@@ -270,6 +270,26 @@ def test_bench__a_bad_sweep_or_backlog_is_refused_before_anything_runs(tmp_path,
     _refuses(tmp_path, *args, match=match)
 
 
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--workers", "4"], "--workers set up the server bench starts"),
+        (["--threads", "8"], "--threads set up"),
+        (["--connections", "10"], "--connections set up"),
+        (["--worker-class", "sync"], "--worker-class set up"),
+        (["--workers", "2", "--worker-class", "gthread"], "--workers, --worker-class set up"),  # even the defaults
+    ],
+)
+def test_bench__server_options_with_url_are_refused_before_anything_runs(tmp_path, nothing_runs, args, match):
+    """They were accepted and ignored: the run measured someone else's server as the user had not asked."""
+    _refuses(tmp_path, "--url", "http://127.0.0.1:1/api/v1", "--token", "t", *args, match=match)
+
+
+def test_bench__a_token_without_url_is_refused_before_anything_runs(tmp_path, nothing_runs):
+    """It was ignored: bench made its own token for its own server."""
+    _refuses(tmp_path, "--token", "t", match="--token is for --url")
+
+
 @pytest.mark.parametrize("count", [1, 99, 100, 150, 250])
 def test_backlog__sends_exactly_the_number_asked(monkeypatch, count):
     """It sent whole batches of 100: a backlog of 150 was 200 messages."""

@@ -389,17 +389,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--url", help="Benchmark a running server (its /api/v1 base URL); needs --token.")
         parser.add_argument("--token", help="API token for --url.")
-        parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2).")
+        # The server's options default to None so that a value given with --url can be told apart and refused.
+        parser.add_argument("--workers", type=int, help="gunicorn workers (default 2).")
         parser.add_argument(
             "--threads", type=int, help="threads per gthread worker (default 4; a sync worker has one, so 1 or none)."
         )
-        parser.add_argument(
-            "--connections", type=int, default=100, help="requests a gevent worker serves at once (default 100)."
-        )
+        parser.add_argument("--connections", type=int, help="requests a gevent worker serves at once (default 100).")
         parser.add_argument(
             "--worker-class",
             choices=("gthread", "gevent", "sync"),
-            default=settings.WONDERQ_WORKER_CLASS,
             help="gunicorn worker class (default WONDERQ_WORKER_CLASS: gevent on PostgreSQL, gthread on SQLite; "
             "sync, one request at a time per worker, to compare; gevent needs PostgreSQL).",
         )
@@ -438,6 +436,21 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **opts):
+        server_options = ("workers", "threads", "connections", "worker_class")
+        if opts["url"]:
+            given = [f"--{name.replace('_', '-')}" for name in server_options if opts[name] is not None]
+            if given:
+                # They were ignored: the report described bench's own server, not the one measured.
+                raise CommandError(
+                    f"{', '.join(given)} set up the server bench starts; with --url the server is already running, "
+                    "so leave them out"
+                )
+        elif opts["token"]:
+            raise CommandError("--token is for --url: without it bench makes its own token")
+        defaults = {"workers": 2, "connections": 100, "worker_class": settings.WONDERQ_WORKER_CLASS}
+        for name, value in defaults.items():
+            if opts[name] is None:
+                opts[name] = value
         try:
             batches = [int(b) for b in opts["batch"].split(",")]
         except ValueError:
