@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
 import time
 from io import StringIO
@@ -481,3 +483,54 @@ def test_setup_schedules__two_at_once_make_one_of_each(monkeypatch):
 
     assert sorted(made, key=len) == [[], list(SCHEDULES)]
     assert sorted(Schedule.objects.values_list("name", flat=True)) == sorted(SCHEDULES)
+
+
+def _manage_fails(env: dict, *args: str) -> str:
+    """Run a command expected to stop with a CommandError; its stderr."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=live.ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr
+
+
+_OPERATOR_COMMANDS = [
+    ["queue_stats"],
+    ["sweep"],
+    ["prune"],
+    ["create_queue", "orders", "--owner", "alice"],
+    ["create_token", "alice"],
+    ["requeue_review", "--queue", "orders"],
+    ["purge_queue", "orders", "--yes"],
+    ["setup_schedules"],
+]
+
+
+@pytest.mark.django_db(transaction=False)
+def test_commands__on_a_database_never_migrated_say_so_in_one_line(tmp_path):
+    """Each was Django's "no such table" (PostgreSQL: "relation does not exist") traceback."""
+    with live.fresh_database(tmp_path) as url:
+        env = live.project_env(url)
+        for args in _OPERATOR_COMMANDS:
+            err = _manage_fails(env, *args)
+            assert "migration(s)" in err and "run `python manage.py migrate` first" in err, (args, err)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_commands__on_a_database_an_upgrade_has_not_migrated_name_the_first_missing_migration(tmp_path):
+    with live.fresh_database(tmp_path) as url:
+        env = live.project_env(url)
+        live.manage(env, "migrate", "-v0")
+        live.manage(env, "migrate", "queues", "0010", "-v0")
+        err = _manage_fails(env, "queue_stats")
+        assert "lacks 1 migration(s), the first queues.0011_ack_live_leases" in err, err
+        live.manage(env, "migrate", "-v0")
+        assert "(no queues)" in live.manage(env, "queue_stats")
+
+
+def test_commands__on_a_database_that_cannot_be_reached_say_so_in_one_line(tmp_path):
+    """psycopg's connection error was a traceback (the pool logs each try before it gives up)."""
+    url = f"postgres://wonderq@127.0.0.1:{live.free_port()}/nowhere"
+    err = _manage_fails(live.project_env(url, WONDERQ_DB_POOL_TIMEOUT="1"), "queue_stats")
+    assert err.splitlines()[-1].startswith("CommandError: cannot read the database nowhere: "), err

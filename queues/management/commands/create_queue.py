@@ -2,15 +2,16 @@
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from queues.management.base import DatabaseCommand
 from queues.models import Queue, queue_name_validator
 from queues.services import QueueExists, queue_create
 
 _OPTIONS = ("visibility_timeout", "max_receives", "delay_seconds", "max_message_bytes")
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Create a queue owned by a user."
 
     def add_arguments(self, parser):

@@ -2,9 +2,10 @@
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
+from queues.management.base import DatabaseCommand
 from queues.models import ApiToken
 from queues.services import token_create
 
@@ -18,7 +19,7 @@ def _checked(model, field_name: str, value: str, what: str) -> str:
     return value
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Create an API token for a user (created if missing). The key is printed once and never stored."
 
     def add_arguments(self, parser):

@@ -1,11 +1,10 @@
 """Delete what has outlived its retention."""
 
-from django.core.management.base import BaseCommand
-
+from queues.management.base import DatabaseCommand
 from queues.services.maintenance import prune
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = (
         "Delete acked tombstones past WONDERQ_ACKED_RETENTION_SECONDS, delivery history of messages that are gone,"
         " snapshots past WONDERQ_SNAPSHOT_RETENTION_DAYS, and review decisions past"

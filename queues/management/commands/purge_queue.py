@@ -1,12 +1,13 @@
 """Delete every READY message of a queue."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from queues.management.base import DatabaseCommand
 from queues.models import Queue
 from queues.services import queue_purge
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Delete every READY (and delayed) message of a queue. Leased and review messages stay."
 
     def add_arguments(self, parser):

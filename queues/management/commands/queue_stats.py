@@ -1,15 +1,16 @@
 """Print every queue's live counts as a table."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
+from queues.management.base import DatabaseCommand
 from queues.models import Queue
 from queues.services import queue_counts
 
 COLUMNS = ("ready", "delayed", "leased", "review")
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Show ready, delayed, leased and review counts and the oldest ready age of every queue."
 
     def add_arguments(self, parser):

@@ -2,15 +2,16 @@
 
 import datetime as dt
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from queues.management.base import DatabaseCommand
 from queues.models import Message, Queue
 from queues.services.bulk import review_catch_up, review_matching, review_requeue_matching
 
 MAX_OLDER_THAN = 10 * 365 * 24 * 3600
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Put review items back in their queues. Filters combine; --dry-run shows the count and a sample."
 
     def add_arguments(self, parser):

@@ -1,11 +1,10 @@
 """Register WonderQ's django-q2 schedules (migrate does this too)."""
 
-from django.core.management.base import BaseCommand
-
+from queues.management.base import DatabaseCommand
 from queues.schedules import SCHEDULES, schedules_setup
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Create or correct the sweep, snapshot and prune schedules. Safe to run any number of times."
 
     def handle(self, *args, **options):

@@ -1,11 +1,12 @@
 """Run the expiry sweep once (the scheduler runs the same service every minute)."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from queues.management.base import DatabaseCommand
 from queues.services import leases_sweep
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Move every expired lease to REVIEW (or back to READY in requeue queues), in bounded batches."
 
     def add_arguments(self, parser):
