@@ -82,6 +82,37 @@ def test_sqlite_writer__waits_for_a_long_writer_instead_of_failing(short_busy_ti
     assert sorted(Message.objects.values_list("body", flat=True)) == ["first", "second"]
 
 
+def test_sqlite_writer__executemany_waits_for_a_long_writer_too(short_busy_timeout):
+    """executemany went straight to SQLite: behind a writer it failed after the busy timeout."""
+    queue = QueueFactory()
+    message_send(queue=queue, messages=[OutgoingMessage(body="a"), OutgoingMessage(body="b")])
+    holding, release = threading.Event(), threading.Event()
+
+    def long_writer():
+        with transaction.atomic():
+            message_send(queue=queue, messages=[OutgoingMessage(body="c")])
+            holding.set()
+            release.wait(5)
+        return "committed"
+
+    def many_writer():
+        with connection.cursor() as cursor:
+            table = Message._meta.db_table
+            cursor.executemany(f"UPDATE {table} SET consumer = %s WHERE body = %s", [("x", "a"), ("y", "b")])
+        return "updated"
+
+    first, first_outcome = _in_thread(long_writer)
+    assert holding.wait(5)
+    second, second_outcome = _in_thread(many_writer)
+    time.sleep(0.5)  # ten times SQLite's busy timeout
+    assert second.is_alive(), f"executemany did not wait: {second_outcome}"
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert (first_outcome, second_outcome) == (["committed"], ["updated"])
+    assert dict(Message.objects.filter(body__in="ab").values_list("body", "consumer")) == {"a": "x", "b": "y"}
+
+
 def test_sqlite_writer__a_write_whose_rows_are_not_read_yet_holds_no_lock(short_busy_timeout):
     """An autocommit INSERT ... RETURNING holds SQLite's write lock until its rows are read. They are
     read under the file lock, so a caller slow to fetch them (Django's own save reads one row and

@@ -66,6 +66,18 @@ class WriterLockingCursor(SQLiteCursorWrapper):
         finally:
             writer.release()
 
+    def executemany(self, query, param_list):
+        # Only writes take several parameter sets (SQLite refuses a SELECT here), so every one takes the lock.
+        self._rows = None
+        writer = self.writer
+        if writer is None or self.connection.in_transaction:
+            return super().executemany(query, param_list)
+        writer.acquire()
+        try:
+            return super().executemany(query, param_list)
+        finally:
+            writer.release()
+
     def fetchone(self):
         if self._rows is None:
             return super().fetchone()
