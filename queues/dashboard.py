@@ -16,7 +16,15 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html_join
 
-from queues.services.dashboard import DEPTH_SERIES, DashboardRow, DepthPoint, dashboard_rows, depth_totals
+from queues.services.dashboard import (
+    DEPTH_SERIES,
+    DashboardRow,
+    DepthPoint,
+    dashboard_rows,
+    depth_series,
+    depth_totals,
+    snapshots_since,
+)
 
 HISTORY = dt.timedelta(hours=24)
 CHART = {"width": 960, "height": 260, "left": 56, "right": 16, "top": 16, "bottom": 40}
@@ -34,12 +42,16 @@ def dashboard(request):
         raise PermissionDenied
     now = timezone.now()
     since = now - HISTORY
-    rows = dashboard_rows(now=now, history=HISTORY)
+    rows = dashboard_rows(now=now)
     selected = next((row for row in rows if str(row.queue.id) == request.GET.get("queue")), None)
-    series = selected.series if selected else depth_totals(rows)
-    # The totals and the chart cover every queue; the table one page of them, since laying out and
-    # sending a sparkline per queue is most of a page view's time (about 1 s at 200 queues).
+    # The totals and the chart cover every queue; the table one page of them, since reading, laying
+    # out and sending a sparkline per queue was most of a page view's time (about 1 s at 200 queues).
     page = Paginator(rows, PER_PAGE).get_page(request.GET.get("page"))
+    charted = [*page, *([selected] if selected else [])]
+    history = depth_series(queue_ids=[row.queue.id for row in charted], since=since, now=now)
+    for row in charted:
+        row.series = history[row.queue.id]
+    series = selected.series if selected else depth_totals(since=since, now=now)
     context = {
         **admin.site.each_context(request),
         "title": "Queue dashboard",
@@ -51,7 +63,8 @@ def dashboard(request):
         "selected": selected,
         "may_review": request.user.has_perm("queues.view_reviewitem"),
         "chart": depth_chart(series, since=since, now=now, box=CHART, dots=True) if series else None,
-        "has_snapshots": any(row.series for row in rows),
+        # Only read when the chart is empty: has the scheduler recorded anything lately?
+        "has_snapshots": bool(series) or snapshots_since(since),
     }
     return TemplateResponse(request, "admin/queues/dashboard.html", context)
 
