@@ -12,7 +12,7 @@ from django.utils import timezone
 from queues import dashboard, services
 from queues.dashboard import age_label
 from queues.models import Queue, QueueSnapshot
-from queues.services.dashboard import depth_series
+from queues.services.dashboard import depth_series, depth_totals
 from tests.conftest import api_client_for
 from tests.factories import QueueFactory, UserFactory
 
@@ -142,6 +142,20 @@ def test_dashboard__no_snapshots_says_so(staff_client, queue):
     response = staff_client.get(URL)
     assert "No snapshots yet — the scheduler records one a minute" in response.content.decode()
     assert _table(response).rows["jobs"]["ready"] == "0"
+
+
+def test_dashboard__no_snapshots_lately_points_at_the_scheduler_only_when_no_queue_has_any(staff_client, queue):
+    other = QueueFactory(name="other")
+    now = timezone.now()
+    QueueSnapshot.objects.create(queue=queue, taken_at=now - dt.timedelta(hours=30), ready=1)  # outside 24 h
+    page = staff_client.get(URL).content.decode()
+    assert "No snapshots yet" in page and "Start it with" in page
+
+    QueueSnapshot.objects.create(queue=other, taken_at=now - dt.timedelta(minutes=5), ready=1)
+    assert "No snapshots yet" not in staff_client.get(URL).content.decode()
+    # A queue charted alone that has none, while the scheduler runs: no hint to start it.
+    single = staff_client.get(URL, {"queue": queue.id}).content.decode()
+    assert "No snapshots yet" in single and "Start it with" not in single
 
 
 def test_dashboard__counts_equal_the_api(staff_client, staff_user, queue, requeue_queue):
@@ -312,6 +326,44 @@ class _DashboardTotals(HTMLParser):
     def handle_data(self, data):
         if self._cell:
             self.cells[self._cell] += data.strip()
+
+
+def test_depth_totals__average_each_runs_total_so_a_queue_made_mid_bucket_counts_for_its_runs(queue):
+    """Summing the queues' own averages read 20 here: queue b held 10 for half of the bucket only."""
+    other = QueueFactory(name="other")
+    now = timezone.now()
+    start = now - dt.timedelta(hours=2)
+    start -= dt.timedelta(seconds=start.timestamp() % 600)  # the start of a 10-minute bucket
+    for minute in range(10):
+        taken_at = start + dt.timedelta(minutes=minute, seconds=30)
+        QueueSnapshot.objects.create(queue=queue, taken_at=taken_at, ready=10, review=2)
+        if minute >= 5:
+            QueueSnapshot.objects.create(queue=other, taken_at=taken_at, ready=10, leased=4)
+    since = now - dt.timedelta(hours=24)
+
+    [total] = depth_totals(since=since, now=now)
+    series = depth_series(queue_ids=[queue.id, other.id], since=since, now=now)
+
+    assert (total.ready, total.leased, total.review) == (15.0, 2.0, 2.0)
+    assert [(p.ready, p.leased, p.review) for p in series[queue.id]] == [(10.0, 0.0, 2.0)]
+    assert [(p.ready, p.leased, p.review) for p in series[other.id]] == [(10.0, 4.0, 0.0)]
+    assert total.bucket == series[queue.id][0].bucket and total.at == series[queue.id][0].at
+
+
+@pytest.mark.parametrize("offset_us", [-300, -1, 0, 1])
+def test_depth_totals__buckets_a_snapshot_by_the_bucket_depth_series_gives_it(queue, offset_us):
+    """SQLite's strftime rounded 300 us before a bucket's start up into that bucket; Python rounded down."""
+    now = timezone.now()
+    boundary = (now - dt.timedelta(hours=3)).replace(microsecond=0)
+    boundary -= dt.timedelta(seconds=boundary.timestamp() % 600)
+    QueueSnapshot.objects.create(queue=queue, taken_at=boundary + dt.timedelta(microseconds=offset_us), ready=1)
+    since = now - dt.timedelta(hours=24)
+
+    [total] = depth_totals(since=since, now=now)
+    [[point]] = depth_series(queue_ids=[queue.id], since=since, now=now).values()
+
+    expected = int(boundary.timestamp()) // 600 - (1 if offset_us < 0 else 0)
+    assert (total.bucket, point.bucket) == (expected, expected)
 
 
 def test_depth_series__averages_into_at_most_144_buckets(queue):

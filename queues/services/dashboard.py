@@ -20,6 +20,8 @@ from queues.models import Queue, QueueSnapshot
 from queues.services.queues import queue_counts
 
 DEPTH_SERIES = ("ready", "leased", "review")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_SECOND = dt.timedelta(seconds=1)
 
 
 class EpochBucket(Func):
@@ -37,7 +39,9 @@ class EpochBucket(Func):
 
     def as_sqlite(self, compiler, connection, **extra):
         sql, params = compiler.compile(self.source_expressions[0])
-        return f"(CAST(strftime('%%s', {sql}) AS INTEGER) / {self.seconds})", params
+        # Whole seconds, rounded down as PostgreSQL's FLOOR does: strftime rounds a time's fraction to
+        # the nearest millisecond first, which put 23:59:59.9996 in the next bucket.
+        return f"(CAST(strftime('%%s', substr({sql}, 1, 19)) AS INTEGER) / {self.seconds})", params
 
     def as_postgresql(self, compiler, connection, **extra):
         sql, params = compiler.compile(self.source_expressions[0])
@@ -136,9 +140,12 @@ def dashboard_rows(*, now: dt.datetime) -> list[DashboardRow]:
 def depth_totals(*, since: dt.datetime, now: dt.datetime, points: int = 144) -> list[DepthPoint]:
     """Every queue's ready / leased / review depth added up, averaged into at most `points` (+1) buckets.
 
-    One snapshot run records every queue at the same moment, so the database adds up each run's
-    snapshots (a row per run, 1,440 a day) and the runs of a bucket are averaged here. Where every
-    queue has a snapshot in every run this is the sum of the queues' own averages.
+    The average over a bucket of the total depth at each snapshot run. One run (`stats_snapshot`)
+    records every queue at the same moment, so the database adds up each run's snapshots (a row per
+    run, 1,440 a day; bucketing every snapshot there took twice as long) and the runs of a bucket
+    are averaged here. Where every queue has a snapshot in every run of a bucket this is the sum of
+    the queues' own averages; a queue made partway through a bucket adds only for the runs it was
+    there. The buckets are depth_series's: whole seconds since the epoch, rounded down.
     """
     seconds = max(1, -(-int((now - since).total_seconds()) // points))
     runs = (
@@ -148,12 +155,11 @@ def depth_totals(*, since: dt.datetime, now: dt.datetime, points: int = 144) -> 
         .order_by()
     )
     sums: dict[int, list[int]] = {}
-    for taken_at, ready, leased, review in runs:
-        bucket = sums.setdefault(int(taken_at.timestamp()) // seconds, [0, 0, 0, 0])
+    for taken_at, *depths in runs:
+        bucket = sums.setdefault((taken_at - _EPOCH) // _SECOND // seconds, [0, 0, 0, 0])
         bucket[0] += 1
-        bucket[1] += ready
-        bucket[2] += leased
-        bucket[3] += review
+        for index, depth in enumerate(depths, start=1):
+            bucket[index] += depth
     return [_point(bucket, seconds, since, now, *totals) for bucket, totals in sorted(sums.items())]
 
 
