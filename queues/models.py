@@ -435,7 +435,11 @@ class QueueSnapshot(models.Model):
 
     class Meta:
         ordering = ["queue", "taken_at"]
-        indexes = [models.Index(fields=["queue", "taken_at"], name="snapshot_queue_time_idx")]
+        indexes = [
+            models.Index(fields=["queue", "taken_at"], name="snapshot_queue_time_idx"),
+            # Every queue's snapshots of a time range: the dashboard's totals, and prune's old ones.
+            models.Index(fields=["taken_at"], name="snapshot_time_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.queue} at {self.taken_at:%Y-%m-%d %H:%M}"

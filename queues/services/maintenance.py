@@ -162,7 +162,7 @@ def prune(
         delete("acked", tombstones.order_by("acked_at"))
     delete("deliveries", Delivery.objects.filter(~Q(message_id__in=Message.objects.values("id"))).order_by("id"))
     snapshots_before = now - dt.timedelta(days=app_settings.SNAPSHOT_RETENTION_DAYS)
-    delete("snapshots", QueueSnapshot.objects.filter(taken_at__lt=snapshots_before))
+    delete("snapshots", QueueSnapshot.objects.filter(taken_at__lt=snapshots_before).order_by("taken_at"))
     if app_settings.DECISION_RETENTION_DAYS is not None:
         decisions_before = now - dt.timedelta(days=app_settings.DECISION_RETENTION_DAYS)
         delete("decisions", ReviewDecision.objects.filter(created_at__lt=decisions_before).order_by("id"))
