@@ -348,3 +348,49 @@ def test_serve__no_migrate_starts_without_touching_the_database(tmp_path):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGINT)
             server.wait(timeout=40)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
+    reason="needs DATABASE_URL=postgres://...: a connection PostgreSQL ends",
+)
+def test_serve__a_request_on_a_connection_the_database_ended_answers_503_and_the_next_one_works(tmp_path):
+    """A restart or failover of PostgreSQL ends every session; a pooled connection used in the last
+    WONDERQ_DB_CHECK_AFTER_IDLE seconds is lent unchecked, and its request was a 500 traceback."""
+    import psycopg
+
+    with live.fresh_database(tmp_path) as database_url:
+        # The connection is lent unchecked however slow this machine is between the two requests.
+        env = live.project_env(
+            database_url, WONDERQ_DB_POOL_MIN="1", WONDERQ_DB_POOL_MAX="1", WONDERQ_DB_CHECK_AFTER_IDLE="3600"
+        )
+        env.pop("REDIS_URL", None)
+        port = live.free_port()
+        base = f"http://127.0.0.1:{port}/api/v1"
+        args = [sys.executable, "manage.py", "serve", "--no-scheduler", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+        with live.process(args, env, f"{base}/health/"):
+            token = live.manage(env, "create_token", "e2e").strip()
+            assert _call(f"{base}/queues/", token, {"name": "restart"})[0] == 201
+            assert _call(f"{base}/queues/restart/messages/", token, {"body": "before"})[0] == 201
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                # As a restart does to every session: the pool's only connection is ended under it.
+                ended = admin.execute(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t"
+                ).fetchone()[0]
+            assert ended >= 1  # the worker's pooled connection (and any other session of this database)
+            request = urllib.request.Request(
+                f"{base}/queues/restart/messages/", data=json.dumps({"body": "cut off"}).encode()
+            )
+            request.add_header("Content-Type", "application/json")
+            request.add_header("Authorization", f"Token {token}")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 503
+            assert refused.value.headers["Retry-After"] == "1"
+            assert json.loads(refused.value.read())["code"] == "unavailable"
+
+            # The pool replaced the connection: the retry is sent, and the cut-off send was not.
+            assert _call(f"{base}/queues/restart/messages/", token, {"body": "retried"})[0] == 201
+            status, received = _call(f"{base}/queues/restart/receive/", token, {"max_messages": 10})
+            assert status == 200 and [m["body"] for m in received["messages"]] == ["before", "retried"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import psycopg
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse
 from django.views import defaults
@@ -67,26 +68,46 @@ permission_denied = _api_error(403)
 page_not_found = _api_error(404)
 
 
-def _database_busy() -> bool:
-    """Whether the error being handled is the connection pool's: no connection free within its timeout."""
+# SQLSTATEs of a server that ended the connection: shut down (a restart, pg_terminate_backend), crashed, starting.
+_SERVER_WENT_AWAY = {"57P01", "57P02", "57P03"}
+
+
+def _database_unavailable() -> tuple[str, str] | None:
+    """(code, detail) when the error being handled is the database's unavailability rather than a fault here.
+
+    - The pool's timeout: no connection came free in WONDERQ_DB_POOL_TIMEOUT. Nothing was changed.
+    - A lost connection: PostgreSQL restarted, failed over or ended the session (SQLSTATE class 08,
+      57P01-57P03, or no SQLSTATE: the socket closed). A pooled connection is checked before it is
+      lent only after it sat unused (WONDERQ_DB_CHECK_AFTER_IDLE), so the first request on each of a
+      busy pool's connections after a restart meets it. Usually nothing was done; if the connection
+      broke while a statement was committing, it may have been.
+    """
     exc = sys.exc_info()[1]
-    return isinstance(exc, PoolTimeout) or isinstance(getattr(exc, "__cause__", None), PoolTimeout)
+    for error in (exc, getattr(exc, "__cause__", None)):
+        if isinstance(error, PoolTimeout):
+            return "busy", "The database is busy: no connection came free in time. Retry shortly."
+        if isinstance(error, psycopg.OperationalError) and (
+            error.sqlstate is None or error.sqlstate.startswith("08") or error.sqlstate in _SERVER_WENT_AWAY
+        ):
+            return "unavailable", (
+                "The connection to the database was lost during this request. Retry shortly: the request was "
+                "most likely not applied, and a send retried with the same dedup_id is never enqueued twice."
+            )
+    return None
 
 
 def server_error(request):
     """500 as JSON under /api/ (clients parse every answer as JSON), Django's page elsewhere.
 
-    A request that waited WONDERQ_DB_POOL_TIMEOUT for a pooled connection answers 503 with
-    Retry-After instead: the server is overloaded, not broken, and nothing was changed.
+    When the database is unavailable (its pool's timeout, a lost connection) the answer is 503 with
+    Retry-After instead: the server is overloaded or its database restarting, not broken.
     """
-    if _database_busy():
+    if unavailable := _database_unavailable():
+        code, detail = unavailable
         if request.path_info.startswith(_API_PREFIX):
-            response = JsonResponse(
-                {"detail": "The database is busy: no connection came free in time. Retry shortly.", "code": "busy"},
-                status=503,
-            )
+            response = JsonResponse({"detail": detail, "code": code}, status=503)
         else:
-            response = HttpResponse("The database is busy. Retry shortly.", content_type="text/plain", status=503)
+            response = HttpResponse(detail, content_type="text/plain", status=503)
         response["Retry-After"] = "1"
         return response
     if request.path_info.startswith(_API_PREFIX):

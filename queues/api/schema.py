@@ -92,7 +92,8 @@ _ERRORS = {
     "413": "Request body larger than WONDERQ_MAX_REQUEST_BYTES.",
     "415": "Unsupported media type or charset: send UTF-8 JSON.",
     "429": "Rate limit exceeded; see Retry-After.",
-    "503": "The database is busy: no pooled connection came free within WONDERQ_DB_POOL_TIMEOUT; see Retry-After.",
+    "503": "The database is busy (no pooled connection came free within WONDERQ_DB_POOL_TIMEOUT, `code` busy) or the"
+    " connection to it was lost (a restart or failover, `code` unavailable); see Retry-After.",
 }
 
 # Refused by the HTTP server (gunicorn, as `serve` runs it) before Django sees the request: a short HTML page.
