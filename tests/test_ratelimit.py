@@ -11,6 +11,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.test import APIClient
 
+from queues.services import token_create, token_revoke
 from tests import live
 from tests.conftest import api_client_for, requires_redis
 from tests.factories import UserFactory
@@ -234,3 +235,63 @@ def test_rate_failed_auth__behind_a_proxy_each_client_counts_by_the_address_the_
 def test_rate_failed_auth__without_the_setting_a_client_cannot_pick_its_address(settings):
     settings.WONDERQ_RATE_FAILED_AUTH = "3/m"
     assert [_fail_auth_from("198.51.100.9", f"192.0.2.{i}") for i in range(4)] == [401, 401, 401, 429]
+
+
+@pytest.fixture
+def redis_unreachable(settings):
+    """The shared cache is a Redis no one listens for (stopped, or the network to it down)."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{live.free_port()}/0",
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient", "SOCKET_CONNECT_TIMEOUT": 1},
+        }
+    }
+
+
+@pytest.mark.django_db
+def test_redis_unreachable__limits_fail_closed_with_503_and_nothing_done(redis_unreachable, client, user, queue):
+    """Every request was a 500 traceback (redis ConnectionError), while /health/ said ok."""
+    api = api_client_for(user)
+    for path, body in [("messages", {"body": "x"}), ("receive", {}), ("ack", {"receipts": ["1.00"]})]:
+        response = api.post(f"/api/v1/queues/{queue.name}/{path}/", body, format="json")
+        assert response.status_code == 503, response.content
+        assert response.json()["code"] == "unavailable" and "Redis" in response.json()["detail"]
+        assert response["Retry-After"] == "1"
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token wq_not-a-real-key")
+    assert bad.get(URL).status_code == 503  # its failed authentications cannot be counted either
+    assert queue.messages.count() == 0
+    assert client.get("/api/v1/health/").status_code == 200  # the database answers
+
+
+@pytest.mark.django_db
+def test_redis_unreachable__fail_open_admits_uncounted_and_tokens_come_from_the_database(
+    redis_unreachable, settings, user, queue
+):
+    settings.RATELIMIT_FAIL_OPEN = True
+    settings.WONDERQ_RATE_PER_TOKEN = settings.WONDERQ_RATE_FAILED_AUTH = "2/m"
+    token, key = token_create(user=user, name="outage")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    base = f"/api/v1/queues/{queue.name}"
+    assert api.post(f"{base}/messages/", {"body": "x"}, format="json").status_code == 201
+    [message] = api.post(f"{base}/receive/", {}, format="json").json()["messages"]
+    [result] = api.post(f"{base}/ack/", {"receipts": [message["receipt"]]}, format="json").json()["results"]
+    assert result["status"] == "acked"  # three requests over a limit of 2: nothing could count them
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token wq_not-a-real-key")
+    assert [bad.get(URL).status_code for _ in range(4)] == [401] * 4
+
+    # Revoking while Redis is down works (its delete failed with a 500), and the token stops here at once.
+    assert token_revoke(token=token)
+    assert api.post(f"{base}/messages/", {"body": "y"}, format="json").status_code == 401
+
+    # Failing closed again: a token this process knows (the hot path's) answers 503 too, not 500.
+    settings.RATELIMIT_FAIL_OPEN = False
+    known = api_client_for(user)
+    settings.RATELIMIT_FAIL_OPEN = True
+    assert known.post(f"{base}/receive/", {}, format="json").status_code == 200  # now known to this process
+    settings.RATELIMIT_FAIL_OPEN = False
+    response = known.post(f"{base}/receive/", {}, format="json")
+    assert response.status_code == 503 and response.json()["code"] == "unavailable"

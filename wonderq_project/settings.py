@@ -174,7 +174,13 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "wonderq",
-            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                # Seconds: an unreachable Redis fails a request's cache call (see queues/services/_cache.py)
+                # instead of holding it for the operating system's TCP timeout of minutes.
+                "SOCKET_CONNECT_TIMEOUT": 1,
+                "SOCKET_TIMEOUT": 1,
+            },
         }
     }
 else:
@@ -185,6 +191,8 @@ else:
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 RATELIMIT_ENABLE = env_bool("WONDERQ_RATELIMIT_ENABLE", True)
+# django-ratelimit's own setting: with Redis unreachable, admit requests uncounted (True) or answer 503.
+RATELIMIT_FAIL_OPEN = env_bool("WONDERQ_RATELIMIT_FAIL_OPEN", False)
 
 # --- Auth ----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -29,7 +29,7 @@ def exception_handler(exc, context):
     if isinstance(response.data, dict) and "detail" in response.data and "code" not in response.data:
         detail = response.data["detail"]
         response.data["code"] = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
-    if response.status_code == status.HTTP_429_TOO_MANY_REQUESTS and "Retry-After" not in response:
+    if response.status_code in (429, 503) and "Retry-After" not in response:
         response["Retry-After"] = "1"
     return response
 

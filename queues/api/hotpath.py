@@ -69,7 +69,10 @@ def _answer(request, name: str, call: str) -> tuple[int, dict] | None:
     token = services.token_known(key=key)
     if token is None:
         return None
-    usage = token_usage(request, token.pk)
+    try:
+        usage = token_usage(request, token.pk)
+    except APIException:
+        return None  # the counters cannot be reached: the normal stack answers (503)
     request.wonderq_rate_usage = usage
     if usage and usage["should_limit"]:
         return None

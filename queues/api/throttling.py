@@ -27,10 +27,12 @@ from django.core.cache import caches
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django_ratelimit.core import EXPIRATION_FUDGE, _get_ip, _get_window, _make_cache_key, _split_rate, get_usage
-from rest_framework.exceptions import Throttled
+from rest_framework import status
+from rest_framework.exceptions import APIException, Throttled
 from rest_framework.throttling import BaseThrottle
 
 from queues.conf import app_settings
+from queues.services._cache import CACHE_ERRORS, cache_unreachable
 
 API_GROUP, AUTH_FAIL_GROUP = "wonderq.api", "wonderq.auth-fail"
 
@@ -81,6 +83,29 @@ def _add(key: str, amount: int, lifetime: int) -> int:
     return cache.incr(key, amount) if amount else cache.get(key, 0)
 
 
+class CountersUnavailable(APIException):
+    """The rate-limit counters (Redis) cannot be reached and limits fail closed: nothing was done."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = (
+        "The rate-limit counters (Redis) cannot be reached, so the request was refused and nothing was done. "
+        "Retry shortly."
+    )
+    default_code = "unavailable"
+
+
+def _counted(key: str, amount: int, lifetime: int) -> int | None:
+    """`_add`; when Redis cannot be reached, None (admit uncounted) under RATELIMIT_FAIL_OPEN, else a 503."""
+    try:
+        return _add(key, amount, lifetime)
+    except CACHE_ERRORS as error:
+        if getattr(settings, "RATELIMIT_FAIL_OPEN", False):
+            cache_unreachable(error, "requests are admitted without rate limits (WONDERQ_RATELIMIT_FAIL_OPEN)")
+            return None
+        cache_unreachable(error, "rate-limited requests answer 503 (WONDERQ_RATELIMIT_FAIL_OPEN=1 admits them)")
+        raise CountersUnavailable from None
+
+
 def usage(request, *, group: str, ident: str, rate: str, increment: bool) -> dict | None:
     """django-ratelimit's usage dict (count, limit, should_limit, time_left) for `ident` in `group`."""
     if not getattr(settings, "RATELIMIT_ENABLE", True):
@@ -91,7 +116,9 @@ def usage(request, *, group: str, ident: str, rate: str, increment: bool) -> dic
     window = _get_window(ident, period)
     # method=ALL as get_usage is called: the key ends in an empty method list.
     key = _make_cache_key(group, window, rate, ident, "")
-    count = _add(key, 1 if increment else 0, period + EXPIRATION_FUDGE)
+    count = _counted(key, 1 if increment else 0, period + EXPIRATION_FUDGE)
+    if count is None:
+        return None
     return {"count": count, "limit": limit, "should_limit": count > limit, "time_left": window - int(time.time())}
 
 
@@ -124,7 +151,9 @@ def token_usage(request, token_pk) -> dict | None:
         if left == 0:
             # One count for the next `size` requests; while it runs, this process's other
             # threads wait for the slice rather than each taking one.
-            total = _add(key, size, period + EXPIRATION_FUDGE)
+            total = _counted(key, size, period + EXPIRATION_FUDGE)
+            if total is None:
+                return None
             left = max(0, min(size, limit - (total - size)))
             if len(_slices) >= _SLICES_MAX:
                 _slices.clear()  # old windows' slices; dropping a live one only loses budget

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from queues.conf import app_settings
 from queues.models import ApiToken
+from queues.services._cache import CACHE_ERRORS, cache_unreachable
 
 _CACHE_PREFIX = "wq:auth:"
 _MISSING = "missing"
@@ -55,7 +56,11 @@ def _forget(digests) -> None:
     _generation[0] += 1
     for digest in digests:
         _local.pop(digest, None)
-    cache.delete_many([_CACHE_PREFIX + digest for digest in digests])
+    try:
+        cache.delete_many([_CACHE_PREFIX + digest for digest in digests])
+    except CACHE_ERRORS as error:
+        # Other processes keep what they read for at most AUTH_CACHE_SECONDS, as always; so does Redis.
+        cache_unreachable(error, "a revoked or changed token's shared entry was left to expire")
 
 
 def tokens_forget_user(*, user_id) -> None:
@@ -157,15 +162,24 @@ def _renew(digest: str, now: dt.datetime, wall: float, *, ahead_of: tuple | None
         _local[digest] = (ahead_of[0], math.inf, ahead_of[2])
     ttl = app_settings.AUTH_CACHE_SECONDS
     generation = _generation[0]
-    cached = cache.get(_CACHE_PREFIX + digest)
+    try:
+        cached = cache.get(_CACHE_PREFIX + digest)
+    except CACHE_ERRORS as error:
+        cache_unreachable(error, "tokens are looked up in the database")
+        cached = shared = None
+    else:
+        shared = cache
     if isinstance(cached, tuple) and cached[0] > wall + ttl * _RENEW_AHEAD:
         deadline, token = cached
         token = None if token == _MISSING else token
     else:
         token = _lookup(digest, now)
         deadline = wall + ttl
-        if generation == _generation[0]:
-            cache.set(_CACHE_PREFIX + digest, (deadline, token or _MISSING), ttl)
+        if generation == _generation[0] and shared is not None:
+            try:
+                shared.set(_CACHE_PREFIX + digest, (deadline, token or _MISSING), ttl)
+            except CACHE_ERRORS as error:
+                cache_unreachable(error, "tokens are looked up in the database")
         if token is not None:
             _touch(token, now)
     if generation != _generation[0]:
