@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -283,51 +284,6 @@ def test_serve__bind_takes_what_gunicorn_listens_on(value):
     assert serve.bind_address(value) == value
 
 
-@pytest.mark.skipif(
-    not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
-    reason="needs DATABASE_URL=postgres://...: the connection pool is PostgreSQL's",
-)
-def test_serve__a_request_that_waits_too_long_for_a_pooled_connection_answers_503_and_changes_nothing(tmp_path):
-    import psycopg
-
-    with live.fresh_database(tmp_path) as database_url:
-        env = live.project_env(
-            database_url, WONDERQ_DB_POOL_MIN="1", WONDERQ_DB_POOL_MAX="1", WONDERQ_DB_POOL_TIMEOUT="1"
-        )
-        env.pop("REDIS_URL", None)
-        port = live.free_port()
-        base = f"http://127.0.0.1:{port}/api/v1"
-        args = [sys.executable, "manage.py", "serve", "--no-scheduler", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
-        with live.process(args, env, f"{base}/health/"):
-            token = live.manage(env, "create_token", "e2e").strip()
-            assert _call(f"{base}/queues/", token, {"name": "busy"})[0] == 201
-            with psycopg.connect(database_url) as blocker:
-                # The send takes the pool's only connection and waits on this lock with it.
-                blocker.execute("LOCK TABLE queues_message IN EXCLUSIVE MODE")
-                sends: list[tuple[int, dict]] = []
-                sender = threading.Thread(
-                    target=lambda: sends.append(_call(f"{base}/queues/busy/messages/", token, {"body": "held"}))
-                )
-                sender.start()
-                time.sleep(0.5)
-                request = urllib.request.Request(
-                    f"{base}/queues/busy/messages/", data=json.dumps({"body": "turned away"}).encode()
-                )
-                request.add_header("Content-Type", "application/json")
-                request.add_header("Authorization", f"Token {token}")
-                with pytest.raises(urllib.error.HTTPError) as refused:
-                    urllib.request.urlopen(request, timeout=10)
-                blocker.commit()  # the lock goes; the held send goes on
-            sender.join(timeout=10)
-
-            assert refused.value.code == 503
-            assert refused.value.headers["Retry-After"] == "1"
-            assert json.loads(refused.value.read())["code"] == "busy"
-            assert sends and sends[0][0] == 201
-            status, received = _call(f"{base}/queues/busy/receive/", token, {"max_messages": 10})
-            assert status == 200 and [m["body"] for m in received["messages"]] == ["held"]
-
-
 def test_serve__no_migrate_starts_without_touching_the_database(tmp_path):
     """With --no-migrate, serve runs no database check either: it starts while the database is down."""
     unreachable = f"postgres://postgres@127.0.0.1:{live.free_port()}/nothing"  # nothing listens there
@@ -350,47 +306,85 @@ def test_serve__no_migrate_starts_without_touching_the_database(tmp_path):
             server.wait(timeout=40)
 
 
-@pytest.mark.skipif(
+requires_postgres_pool = pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
-    reason="needs DATABASE_URL=postgres://...: a connection PostgreSQL ends",
+    reason="needs DATABASE_URL=postgres://...: the connection pool is PostgreSQL's",
 )
-def test_serve__a_request_on_a_connection_the_database_ended_answers_503_and_the_next_one_works(tmp_path):
-    """A restart or failover of PostgreSQL ends every session; a pooled connection used in the last
-    WONDERQ_DB_CHECK_AFTER_IDLE seconds is lent unchecked, and its request was a 500 traceback."""
-    import psycopg
 
+
+@contextlib.contextmanager
+def _one_worker(tmp_path, **settings: str):
+    """`serve` with one worker whose pool holds one connection, on a fresh database: (database URL, API base, key)."""
     with live.fresh_database(tmp_path) as database_url:
-        # The connection is lent unchecked however slow this machine is between the two requests.
-        env = live.project_env(
-            database_url, WONDERQ_DB_POOL_MIN="1", WONDERQ_DB_POOL_MAX="1", WONDERQ_DB_CHECK_AFTER_IDLE="3600"
-        )
+        env = live.project_env(database_url, WONDERQ_DB_POOL_MIN="1", WONDERQ_DB_POOL_MAX="1", **settings)
         env.pop("REDIS_URL", None)
         port = live.free_port()
         base = f"http://127.0.0.1:{port}/api/v1"
         args = [sys.executable, "manage.py", "serve", "--no-scheduler", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
         with live.process(args, env, f"{base}/health/"):
-            token = live.manage(env, "create_token", "e2e").strip()
-            assert _call(f"{base}/queues/", token, {"name": "restart"})[0] == 201
-            assert _call(f"{base}/queues/restart/messages/", token, {"body": "before"})[0] == 201
-            with psycopg.connect(database_url, autocommit=True) as admin:
-                # As a restart does to every session: the pool's only connection is ended under it.
-                ended = admin.execute(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t"
-                ).fetchone()[0]
-            assert ended >= 1  # the worker's pooled connection (and any other session of this database)
-            request = urllib.request.Request(
-                f"{base}/queues/restart/messages/", data=json.dumps({"body": "cut off"}).encode()
-            )
-            request.add_header("Content-Type", "application/json")
-            request.add_header("Authorization", f"Token {token}")
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(request, timeout=10)
-            assert refused.value.code == 503
-            assert refused.value.headers["Retry-After"] == "1"
-            assert json.loads(refused.value.read())["code"] == "unavailable"
+            yield database_url, base, live.manage(env, "create_token", "e2e").strip()
 
-            # The pool replaced the connection: the retry is sent, and the cut-off send was not.
-            assert _call(f"{base}/queues/restart/messages/", token, {"body": "retried"})[0] == 201
-            status, received = _call(f"{base}/queues/restart/receive/", token, {"max_messages": 10})
-            assert status == 200 and [m["body"] for m in received["messages"]] == ["before", "retried"]
+
+def _send_refused(base: str, queue: str, token: str, body: str) -> urllib.error.HTTPError:
+    """A send that must be answered with an error: that answer."""
+    request = urllib.request.Request(f"{base}/queues/{queue}/messages/", data=json.dumps({"body": body}).encode())
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Token {token}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    return refused.value
+
+
+@requires_postgres_pool
+def test_serve__a_request_that_waits_too_long_for_a_pooled_connection_answers_503_and_changes_nothing(tmp_path):
+    import psycopg
+
+    with _one_worker(tmp_path, WONDERQ_DB_POOL_TIMEOUT="1") as (database_url, base, token):
+        assert _call(f"{base}/queues/", token, {"name": "busy"})[0] == 201
+        with psycopg.connect(database_url) as blocker:
+            # The send takes the pool's only connection and waits on this lock with it.
+            blocker.execute("LOCK TABLE queues_message IN EXCLUSIVE MODE")
+            sends: list[tuple[int, dict]] = []
+            sender = threading.Thread(
+                target=lambda: sends.append(_call(f"{base}/queues/busy/messages/", token, {"body": "held"}))
+            )
+            sender.start()
+            time.sleep(0.5)
+            refused = _send_refused(base, "busy", token, "turned away")
+            blocker.commit()  # the lock goes; the held send goes on
+        sender.join(timeout=10)
+
+        assert refused.code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert json.loads(refused.read())["code"] == "busy"
+        assert sends and sends[0][0] == 201
+        status, received = _call(f"{base}/queues/busy/receive/", token, {"max_messages": 10})
+        assert status == 200 and [m["body"] for m in received["messages"]] == ["held"]
+
+
+@requires_postgres_pool
+def test_serve__a_request_on_a_connection_the_database_ended_answers_503_and_the_next_one_works(tmp_path):
+    """A restart or failover of PostgreSQL ends every session; a pooled connection used in the last
+    WONDERQ_DB_CHECK_AFTER_IDLE seconds is lent unchecked, and its request was a 500 traceback."""
+    import psycopg
+
+    # The connection is lent unchecked however slow this machine is between the two requests.
+    with _one_worker(tmp_path, WONDERQ_DB_CHECK_AFTER_IDLE="3600") as (database_url, base, token):
+        assert _call(f"{base}/queues/", token, {"name": "restart"})[0] == 201
+        assert _call(f"{base}/queues/restart/messages/", token, {"body": "before"})[0] == 201
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            # As a restart does to every session: the pool's only connection is ended under it.
+            ended = admin.execute(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t"
+            ).fetchone()[0]
+        assert ended >= 1  # the worker's pooled connection (and any other session of this database)
+        refused = _send_refused(base, "restart", token, "cut off")
+        assert refused.code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert json.loads(refused.read())["code"] == "unavailable"
+
+        # The pool replaced the connection: the retry is sent, and the cut-off send was not.
+        assert _call(f"{base}/queues/restart/messages/", token, {"body": "retried"})[0] == 201
+        status, received = _call(f"{base}/queues/restart/receive/", token, {"max_messages": 10})
+        assert status == 200 and [m["body"] for m in received["messages"]] == ["before", "retried"]
