@@ -524,7 +524,8 @@ def test_commands__on_a_database_an_upgrade_has_not_migrated_name_the_first_miss
         live.manage(env, "migrate", "-v0")
         live.manage(env, "migrate", "queues", "0010", "-v0")
         err = _manage_fails(env, "queue_stats")
-        assert "lacks 1 migration(s), the first queues.0011_ack_live_leases" in err, err
+        later = len([m for m in (live.ROOT / "queues" / "migrations").glob("0*.py") if m.name > "0011"])
+        assert f"lacks {later} migration(s), the first queues.0011_ack_live_leases" in err, err
         live.manage(env, "migrate", "-v0")
         assert "(no queues)" in live.manage(env, "queue_stats")
 
