@@ -6,6 +6,7 @@ import sys
 
 import psycopg
 from django.core.exceptions import RequestDataTooBig
+from django.db import connections
 from django.http import HttpResponse, JsonResponse
 from django.views import defaults
 from django_ratelimit.exceptions import Ratelimited
@@ -68,6 +69,7 @@ permission_denied = _api_error(403)
 page_not_found = _api_error(404)
 
 
+_RETRY_SAFELY = " The request was most likely not applied; a send retried with its dedup_id is never enqueued twice."
 # SQLSTATEs of a server that ended the connection: shut down (a restart, pg_terminate_backend), crashed, starting.
 _SERVER_WENT_AWAY = {"57P01", "57P02", "57P03"}
 
@@ -77,7 +79,7 @@ def _database_unavailable() -> tuple[str, str] | None:
 
     - The pool's timeout: no connection came free in WONDERQ_DB_POOL_TIMEOUT. Nothing was changed.
     - A lost connection: PostgreSQL restarted, failed over or ended the session (SQLSTATE class 08,
-      57P01-57P03, or no SQLSTATE: the socket closed). A pooled connection is checked before it is
+      57P01-57P03, or any error that left the connection's socket closed). A pooled connection is checked before it is
       lent only after it sat unused (WONDERQ_DB_CHECK_AFTER_IDLE), so the first request on each of a
       busy pool's connections after a restart meets it. Usually nothing was done; if the connection
       broke while a statement was committing, it may have been.
@@ -87,13 +89,15 @@ def _database_unavailable() -> tuple[str, str] | None:
         if isinstance(error, PoolTimeout):
             return "busy", "The database is busy: no connection came free in time. Retry shortly."
         if isinstance(error, psycopg.OperationalError) and (
-            error.sqlstate is None or error.sqlstate.startswith("08") or error.sqlstate in _SERVER_WENT_AWAY
+            (error.sqlstate or "").startswith("08") or error.sqlstate in _SERVER_WENT_AWAY or _connection_broken()
         ):
-            return "unavailable", (
-                "The connection to the database was lost during this request. Retry shortly: the request was "
-                "most likely not applied, and a send retried with the same dedup_id is never enqueued twice."
-            )
+            return "unavailable", "The connection to the database was lost during this request. Retry shortly."
     return None
+
+
+def _connection_broken() -> bool:
+    """Whether a database connection this request used is broken (its socket closed), not merely in error."""
+    return any(getattr(wrapper.connection, "broken", False) for wrapper in connections.all(initialized_only=True))
 
 
 def server_error(request):
@@ -105,6 +109,8 @@ def server_error(request):
     if unavailable := _database_unavailable():
         code, detail = unavailable
         if request.path_info.startswith(_API_PREFIX):
+            if code == "unavailable":
+                detail += _RETRY_SAFELY
             response = JsonResponse({"detail": detail, "code": code}, status=503)
         else:
             response = HttpResponse(detail, content_type="text/plain", status=503)
