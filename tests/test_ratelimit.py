@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -237,16 +239,29 @@ def test_rate_failed_auth__without_the_setting_a_client_cannot_pick_its_address(
     assert [_fail_auth_from("198.51.100.9", f"192.0.2.{i}") for i in range(4)] == [401, 401, 401, 429]
 
 
+def _redis_cache_at(settings, port: int) -> None:
+    """The shared cache is a Redis at 127.0.0.1:`port`, with the project's timeouts (settings.py)."""
+    options = {"CLIENT_CLASS": "django_redis.client.DefaultClient", "SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1}
+    location = f"redis://127.0.0.1:{port}/0"
+    settings.CACHES = {
+        "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": location, "OPTIONS": options}
+    }
+
+
 @pytest.fixture
 def redis_unreachable(settings):
     """The shared cache is a Redis no one listens for (stopped, or the network to it down)."""
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{live.free_port()}/0",
-            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient", "SOCKET_CONNECT_TIMEOUT": 1},
-        }
-    }
+    _redis_cache_at(settings, live.free_port())
+
+
+@pytest.fixture
+def redis_hung(settings):
+    """A Redis that takes connections and never answers (stopped with SIGSTOP, a half-dead host)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # the kernel completes connections into the backlog; nothing ever reads them
+        _redis_cache_at(settings, listener.getsockname()[1])
+        yield
 
 
 @pytest.mark.django_db
@@ -295,3 +310,27 @@ def test_redis_unreachable__fail_open_admits_uncounted_and_tokens_come_from_the_
     settings.RATELIMIT_FAIL_OPEN = False
     response = known.post(f"{base}/receive/", {}, format="json")
     assert response.status_code == 503 and response.json()["code"] == "unavailable"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_redis_hung__costs_one_timeout_then_requests_go_on_at_once(redis_hung, settings, user, queue, fail_open):
+    """Each request waited for the 1 s socket timeout, queued behind the rate counter's lock: one a
+    second per worker. Revoking a page of tokens in the admin waited 1 s per token."""
+    settings.RATELIMIT_FAIL_OPEN = fail_open
+    api = api_client_for(user)
+    started = time.monotonic()
+    codes = [api.post(f"/api/v1/queues/{queue.name}/messages/", {"body": "x"}, format="json").status_code]
+    first = time.monotonic() - started
+    codes += [api.post(f"/api/v1/queues/{queue.name}/messages/", {"body": "x"}, format="json").status_code]
+    codes += [api.get(URL).status_code for _ in range(6)]
+    after_first = time.monotonic() - started - first
+    tokens = [token_create(user=user, name=f"t{i}")[0] for i in range(6)]
+    started = time.monotonic()
+    assert all(token_revoke(token=token) for token in tokens)
+    revoking = time.monotonic() - started
+
+    assert codes == ([201, 201] + [200] * 6 if fail_open else [503] * 8)
+    assert 0.9 <= first < 3, first  # the one call that waited for the timeout
+    assert after_first < 1, after_first  # seven requests, none waiting (they waited 7 s)
+    assert revoking < 1, revoking  # six revocations (they waited 6 s)

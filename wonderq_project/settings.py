@@ -190,6 +190,8 @@ else:
     # configuration table, which says to set REDIS_URL wherever limits must hold exactly.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 
+CACHES["scheduler"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "scheduler"}
+
 RATELIMIT_ENABLE = env_bool("WONDERQ_RATELIMIT_ENABLE", True)
 # django-ratelimit's own setting: with Redis unreachable, admit requests uncounted (True) or answer 503.
 RATELIMIT_FAIL_OPEN = env_bool("WONDERQ_RATELIMIT_FAIL_OPEN", False)
@@ -271,6 +273,10 @@ SPECTACULAR_SETTINGS = {
 Q_CLUSTER = {
     "name": "wonderq",
     "orm": "default",
+    # The cluster's own statistics (what `qmonitor` shows) stay in its process: in Redis they were
+    # written every 0.5 s, and with Redis down each write logged an error and a hung one held the
+    # scheduler for its timeout. Nothing of WonderQ reads them.
+    "cache": "scheduler",
     "workers": int(os.environ.get("WONDERQ_Q_WORKERS", "1")),
     "timeout": 300,
     "retry": 360,

@@ -32,7 +32,7 @@ from rest_framework.exceptions import APIException, Throttled
 from rest_framework.throttling import BaseThrottle
 
 from queues.conf import app_settings
-from queues.services._cache import CACHE_ERRORS, cache_unreachable
+from queues.services._cache import CACHE_ERRORS, cache_down, cache_reset, cache_unreachable
 
 API_GROUP, AUTH_FAIL_GROUP = "wonderq.api", "wonderq.auth-fail"
 
@@ -56,6 +56,7 @@ def _forget_script(*, setting, **kwargs):
     if setting in ("CACHES", "RATELIMIT_ENABLE", "WONDERQ_RATE_PER_TOKEN"):
         _script = None
         _slices.clear()
+        cache_reset()
 
 
 def _redis_script():
@@ -95,15 +96,25 @@ class CountersUnavailable(APIException):
 
 
 def _counted(key: str, amount: int, lifetime: int) -> int | None:
-    """`_add`; when Redis cannot be reached, None (admit uncounted) under RATELIMIT_FAIL_OPEN, else a 503."""
-    try:
-        return _add(key, amount, lifetime)
-    except CACHE_ERRORS as error:
-        if getattr(settings, "RATELIMIT_FAIL_OPEN", False):
-            cache_unreachable(error, "requests are admitted without rate limits (WONDERQ_RATELIMIT_FAIL_OPEN)")
-            return None
-        cache_unreachable(error, "rate-limited requests answer 503 (WONDERQ_RATELIMIT_FAIL_OPEN=1 admits them)")
-        raise CountersUnavailable from None
+    """`_add`; when Redis cannot be reached, None (admit uncounted) under RATELIMIT_FAIL_OPEN, else a 503.
+
+    Once a call failed, Redis is left alone for a few seconds (queues.services._cache) and the
+    answer is the same at once: a Redis that never answers would cost each request 1 s.
+    """
+    fail_open = getattr(settings, "RATELIMIT_FAIL_OPEN", False)
+    if not cache_down():
+        try:
+            return _add(key, amount, lifetime)
+        except CACHE_ERRORS as error:
+            cache_unreachable(
+                error,
+                "requests are admitted without rate limits (WONDERQ_RATELIMIT_FAIL_OPEN)"
+                if fail_open
+                else "rate-limited requests answer 503 (WONDERQ_RATELIMIT_FAIL_OPEN=1 admits them)",
+            )
+    if fail_open:
+        return None
+    raise CountersUnavailable
 
 
 def usage(request, *, group: str, ident: str, rate: str, increment: bool) -> dict | None:

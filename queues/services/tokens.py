@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from queues.conf import app_settings
 from queues.models import ApiToken
-from queues.services._cache import CACHE_ERRORS, cache_unreachable
+from queues.services._cache import CACHE_ERRORS, cache_down, cache_unreachable
 
 _CACHE_PREFIX = "wq:auth:"
 _MISSING = "missing"
@@ -56,6 +56,8 @@ def _forget(digests) -> None:
     _generation[0] += 1
     for digest in digests:
         _local.pop(digest, None)
+    if cache_down():
+        return  # the shared entries expire within AUTH_CACHE_SECONDS on their own
     try:
         cache.delete_many([_CACHE_PREFIX + digest for digest in digests])
     except CACHE_ERRORS as error:
@@ -162,13 +164,14 @@ def _renew(digest: str, now: dt.datetime, wall: float, *, ahead_of: tuple | None
         _local[digest] = (ahead_of[0], math.inf, ahead_of[2])
     ttl = app_settings.AUTH_CACHE_SECONDS
     generation = _generation[0]
-    try:
-        cached = cache.get(_CACHE_PREFIX + digest)
-    except CACHE_ERRORS as error:
-        cache_unreachable(error, "tokens are looked up in the database")
-        cached = shared = None
-    else:
-        shared = cache
+    cached = shared = None
+    if not cache_down():
+        try:
+            cached = cache.get(_CACHE_PREFIX + digest)
+        except CACHE_ERRORS as error:
+            cache_unreachable(error, "tokens are looked up in the database")
+        else:
+            shared = cache
     if isinstance(cached, tuple) and cached[0] > wall + ttl * _RENEW_AHEAD:
         deadline, token = cached
         token = None if token == _MISSING else token
