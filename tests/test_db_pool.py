@@ -50,6 +50,30 @@ def test_pool__a_connection_that_died_while_idle_is_replaced_before_a_request_ge
     assert [m["body"] for m in received] == ["before", "after"]
 
 
+def test_pool__once_a_request_finds_its_connection_lost_the_others_are_checked_before_their_next_loan(user, queue):
+    """A restart ends every session: the first request meets it, and no other request gets a dead connection."""
+    from django.db import OperationalError
+
+    api = api_client_for(user)
+    base = f"/api/v1/queues/{queue.name}"
+    assert api.post(f"{base}/messages/", {"body": "before"}, format="json").status_code == 201
+    connection.close()
+    held = [connection.pool.getconn() for _ in range(3)]  # the pool holds three, each lent a moment ago
+    for pooled in held:
+        connection.pool.putconn(pooled)
+    assert _kill_pooled_connections() >= 3
+
+    with pytest.raises(OperationalError):  # lent unchecked (in steady use): its request fails
+        api.post(f"{base}/messages/", {"body": "cut off"}, format="json")
+    connection.close()  # as the end of that request does
+    for number in range(3):  # each would have met another dead connection
+        response = api.post(f"{base}/messages/", {"body": f"after {number}"}, format="json")
+        assert response.status_code == 201, response.content
+        connection.close()
+    received = api.post(f"{base}/receive/", {"max_messages": 10}, format="json").json()["messages"]
+    assert [m["body"] for m in received] == ["before", "after 0", "after 1", "after 2"]
+
+
 def test_pool__a_connection_in_steady_use_is_lent_without_a_check(monkeypatch, user, queue):
     from psycopg_pool import ConnectionPool
 

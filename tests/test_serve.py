@@ -314,9 +314,10 @@ requires_postgres_pool = pytest.mark.skipif(
 
 @contextlib.contextmanager
 def _one_worker(tmp_path, **settings: str):
-    """`serve` with one worker whose pool holds one connection, on a fresh database: (database URL, API base, key)."""
+    """`serve` with one worker whose pool holds one connection (unless `settings` say otherwise), on a fresh
+    database: (database URL, API base, key)."""
     with live.fresh_database(tmp_path) as database_url:
-        env = live.project_env(database_url, WONDERQ_DB_POOL_MIN="1", WONDERQ_DB_POOL_MAX="1", **settings)
+        env = live.project_env(database_url, **{"WONDERQ_DB_POOL_MIN": "1", "WONDERQ_DB_POOL_MAX": "1", **settings})
         env.pop("REDIS_URL", None)
         port = live.free_port()
         base = f"http://127.0.0.1:{port}/api/v1"
@@ -388,6 +389,37 @@ def test_serve__a_request_on_a_connection_the_database_ended_answers_503_and_the
         assert _call(f"{base}/queues/restart/messages/", token, {"body": "retried"})[0] == 201
         status, received = _call(f"{base}/queues/restart/receive/", token, {"max_messages": 10})
         assert status == 200 and [m["body"] for m in received["messages"]] == ["before", "retried"]
+
+
+@requires_postgres_pool
+def test_serve__after_the_database_ended_every_session_one_request_answers_503_not_one_per_pooled_connection(
+    tmp_path,
+):
+    """Each pooled connection used to fail one request of its own after a restart: three 503s in a row here."""
+    import psycopg
+
+    pool = {"WONDERQ_DB_POOL_MIN": "3", "WONDERQ_DB_POOL_MAX": "3", "WONDERQ_DB_CHECK_AFTER_IDLE": "3600"}
+    with _one_worker(tmp_path, **pool) as (database_url, base, token):
+        assert _call(f"{base}/queues/", token, {"name": "failover"})[0] == 201
+        for number in range(6):  # the pool lends its connections in turn: each is lent, so none is checked
+            assert _call(f"{base}/queues/failover/messages/", token, {"body": f"before {number}"})[0] == 201
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t"
+            ).fetchone()[0]
+        assert ended >= 3
+
+        refused = _send_refused(base, "failover", token, "cut off")
+        retried = [_call(f"{base}/queues/failover/messages/", token, {"body": f"after {n}"})[0] for n in range(3)]
+        status, received = _call(f"{base}/queues/failover/receive/", token, {"max_messages": 20})
+
+    assert refused.code == 503 and json.loads(refused.read())["code"] == "unavailable"
+    assert retried == [201, 201, 201]
+    assert status == 200
+    assert [m["body"] for m in received["messages"]] == [f"before {n}" for n in range(6)] + [
+        f"after {n}" for n in range(3)
+    ]
 
 
 def test_scheduler__with_redis_down_keeps_its_statistics_to_itself_and_logs_no_redis_errors(tmp_path):
