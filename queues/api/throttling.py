@@ -32,7 +32,7 @@ from rest_framework.exceptions import APIException, Throttled
 from rest_framework.throttling import BaseThrottle
 
 from queues.conf import app_settings
-from queues.services._cache import CACHE_ERRORS, cache_down, cache_reset, cache_unreachable
+from queues.services._cache import cache_down, cache_errors, cache_reset, cache_unreachable
 
 API_GROUP, AUTH_FAIL_GROUP = "wonderq.api", "wonderq.auth-fail"
 
@@ -105,7 +105,7 @@ def _counted(key: str, amount: int, lifetime: int) -> int | None:
     if not cache_down():
         try:
             return _add(key, amount, lifetime)
-        except CACHE_ERRORS as error:
+        except cache_errors() as error:
             cache_unreachable(
                 error,
                 "requests are admitted without rate limits (WONDERQ_RATELIMIT_FAIL_OPEN)"

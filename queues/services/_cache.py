@@ -14,19 +14,30 @@ queued the others behind it.
 from __future__ import annotations
 
 import logging
+import sys
 import time
-
-from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
-
-# redis-py's own errors (the rate-limit script talks to it directly), and django-redis's wrapper.
-CACHE_ERRORS = (RedisError, ConnectionInterrupted)
 
 LEAVE_FOR = 5.0  # seconds without a call to Redis after one failed, per process
 _WARN_EVERY = 10.0  # seconds: an outage under load would otherwise log a line per request
 _down_until = [0.0]
 _warned = [-_WARN_EVERY]
 logger = logging.getLogger("queues.cache")
+
+
+def cache_errors() -> tuple[type[BaseException], ...]:
+    """What the shared cache raises when it cannot be reached: redis-py's own errors (the rate-limit
+    script talks to it directly) and django-redis's wrapper.
+
+    Their modules are taken from those already loaded, not imported here: only a Redis cache loads
+    them, and on SQLite's default (no Redis) importing them cost each worker 8 MiB. Where they are not
+    loaded, nothing can raise them. Called in `except` clauses, so only once an error is being handled.
+    """
+    errors = []
+    if (redis_exceptions := sys.modules.get("redis.exceptions")) is not None:
+        errors.append(redis_exceptions.RedisError)
+    if (django_redis_exceptions := sys.modules.get("django_redis.exceptions")) is not None:
+        errors.append(django_redis_exceptions.ConnectionInterrupted)
+    return tuple(errors)
 
 
 def cache_down() -> bool:

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from queues.conf import app_settings
 from queues.models import ApiToken
-from queues.services._cache import CACHE_ERRORS, cache_down, cache_unreachable
+from queues.services._cache import cache_down, cache_errors, cache_unreachable
 
 _CACHE_PREFIX = "wq:auth:"
 _MISSING = "missing"
@@ -60,7 +60,7 @@ def _forget(digests) -> None:
         return  # the shared entries expire within AUTH_CACHE_SECONDS on their own
     try:
         cache.delete_many([_CACHE_PREFIX + digest for digest in digests])
-    except CACHE_ERRORS as error:
+    except cache_errors() as error:
         # Other processes keep what they read for at most AUTH_CACHE_SECONDS, as always; so does Redis.
         cache_unreachable(error, "a revoked or changed token's shared entry was left to expire")
 
@@ -168,7 +168,7 @@ def _renew(digest: str, now: dt.datetime, wall: float, *, ahead_of: tuple | None
     if not cache_down():
         try:
             cached = cache.get(_CACHE_PREFIX + digest)
-        except CACHE_ERRORS as error:
+        except cache_errors() as error:
             cache_unreachable(error, "tokens are looked up in the database")
         else:
             shared = cache
@@ -181,7 +181,7 @@ def _renew(digest: str, now: dt.datetime, wall: float, *, ahead_of: tuple | None
         if generation == _generation[0] and shared is not None:
             try:
                 shared.set(_CACHE_PREFIX + digest, (deadline, token or _MISSING), ttl)
-            except CACHE_ERRORS as error:
+            except cache_errors() as error:
                 cache_unreachable(error, "tokens are looked up in the database")
         if token is not None:
             _touch(token, now)
