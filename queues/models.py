@@ -10,6 +10,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -274,13 +275,17 @@ class Message(models.Model):
             and self.review_reason in self.TIMED_OUT_INTO_REVIEW
             and not any(d.attempt == self.receive_count for d in deliveries)
         ):
+            try:
+                leased_by = self.leased_by
+            except ObjectDoesNotExist:  # unchecked on PostgreSQL (0013): a user deleted during their receive
+                leased_by = None
             deliveries.append(
                 Delivery(
                     message=self,
                     queue_id=self.queue_id,
                     attempt=self.receive_count,
                     consumer=self.consumer,
-                    leased_by=self.leased_by,
+                    leased_by=leased_by,
                     leased_at=self.leased_at,
                     ended_at=self.lease_expires_at,
                     outcome=Delivery.Outcome.EXPIRED,
@@ -301,10 +306,11 @@ class Delivery(models.Model):
         RELEASED = "released", "Released by consumer"
         REJECTED = "rejected", "Rejected by consumer"
 
-    # History is written a batch at a time by the sweep, copied from message rows whose own
-    # foreign keys the database checks, so here it checks none: on PostgreSQL each check is a
-    # trigger per row at commit, a third of a sweep's time (migration 0003). Django still
-    # cascades a queue's deletion and nulls a deleted user, through the indexes on both.
+    # History is written a batch at a time by the sweep, copied from message rows, so here the
+    # database checks no key: on PostgreSQL each check is a trigger per row at commit, a third of
+    # a sweep's time (migration 0003). Django still cascades a queue's deletion and nulls a
+    # deleted user, through the indexes on both. The message's queue key is checked; its user key
+    # not on PostgreSQL (0013), so a user deleted during their receive can leave a key to no one.
     # delivery_message_idx leads with the message, so that key needs no index of its own.
     message = models.ForeignKey(
         Message, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="deliveries"

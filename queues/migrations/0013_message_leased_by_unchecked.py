@@ -49,12 +49,15 @@ def add_check(apps, schema_editor):
     field = apps.get_model("queues", "Message")._meta.get_field("leased_by")
     target = field.related_model._meta
     quote = schema_editor.quote_name
-    # Rows whose user is gone (possible while unchecked) would fail the new check: they held no one's lease.
-    schema_editor.execute(
-        f"UPDATE {quote(table)} SET {quote(field.column)} = NULL WHERE {quote(field.column)} IS NOT NULL "
-        f"AND NOT EXISTS (SELECT 1 FROM {quote(target.db_table)} AS u WHERE u.{quote(target.pk.column)} = "
-        f"{quote(table)}.{quote(field.column)})"
-    )
+    # Keys to a user who is gone (possible while unchecked) would fail the new check, and the history's
+    # copies of them 0003's check if migrated back that far: they name no one, so they become NULL.
+    for model in ("Message", "Delivery"):
+        rows = quote(apps.get_model("queues", model)._meta.db_table)
+        schema_editor.execute(
+            f"UPDATE {rows} SET {quote(field.column)} = NULL WHERE {quote(field.column)} IS NOT NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM {quote(target.db_table)} AS u WHERE u.{quote(target.pk.column)} = "
+            f"{rows}.{quote(field.column)})"
+        )
     schema_editor.execute(
         f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(f'{table}_{field.column}_fk')} "
         f"FOREIGN KEY ({quote(field.column)}) REFERENCES {quote(target.db_table)} ({quote(target.pk.column)}) "
