@@ -19,6 +19,7 @@ per process. Limits under 200 a window are counted request by request, as before
 from __future__ import annotations
 
 import ipaddress
+import sys
 import threading
 import time
 
@@ -63,14 +64,16 @@ def _redis_script():
     """The counting script on the default cache's Redis, or None when the cache is not django-redis."""
     global _script
     if _script is None:
-        try:
-            from django_redis import get_redis_connection
-            from django_redis.cache import RedisCache
-        except ImportError:  # pragma: no cover - django-redis is a runtime dependency
+        # Made first, so a django-redis cache has loaded its module: without Redis (SQLite's default) a
+        # worker never loads its client (queues.services._cache.cache_errors).
+        cache = caches["default"]
+        redis_cache = sys.modules.get("django_redis.cache")
+        if redis_cache is None or not isinstance(cache, redis_cache.RedisCache):
             _script = False
         else:
-            redis_cache = isinstance(caches["default"], RedisCache)
-            _script = redis_cache and get_redis_connection("default").register_script(_COUNT_SCRIPT)
+            from django_redis import get_redis_connection
+
+            _script = get_redis_connection("default").register_script(_COUNT_SCRIPT)
     return _script or None
 
 
