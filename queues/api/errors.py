@@ -80,9 +80,9 @@ def _database_unavailable() -> tuple[str, str] | None:
     - The pool's timeout: no connection came free in WONDERQ_DB_POOL_TIMEOUT. Nothing was changed.
     - A lost connection: PostgreSQL restarted, failed over or ended the session (SQLSTATE class 08,
       57P01-57P03, or any error that left the connection's socket closed). A pooled connection is checked before it is
-      lent only after it sat unused (WONDERQ_DB_CHECK_AFTER_IDLE), so the first request on each of a
-      busy pool's connections after a restart meets it. Usually nothing was done; if the connection
-      broke while a statement was committing, it may have been.
+      lent only after it sat unused (WONDERQ_DB_CHECK_AFTER_IDLE) or once the process has seen another
+      one lost (wonderq_project.postgresql.base), so after a restart about one request per process meets
+      it. Usually nothing was done; if the connection broke while a statement was committing, it may have been.
     """
     exc = sys.exc_info()[1]
     for error in (exc, getattr(exc, "__cause__", None)):
