@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
+import types
 from collections.abc import Callable
 
+import django_ratelimit.core
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import connection
 from rest_framework.test import APIClient
 
+from queues.api import throttling
 from queues.api.throttling import rate_slices_clear
 from queues.models import Delivery, Message, Queue, QueueGrant, ReviewDecision
 from queues.services import queue_access_cache_clear, token_cache_clear, token_create
@@ -97,6 +101,21 @@ def _clear_cache():
     token_cache_clear()
     queue_access_cache_clear()
     rate_slices_clear()
+
+
+@pytest.fixture
+def rate_windows_held(monkeypatch):
+    """The rate limits' windows do not turn while the test runs.
+
+    django-ratelimit's windows are fixed and aligned to the clock: a key's minute ends once a
+    minute, so a test counting a few requests against "3/m" saw its count start over between two
+    of them whenever it ran across that moment (the last 4 of 4 answered 401, not 429). The clock
+    the windows read stands still at the test's start; everything else keeps the real one.
+    """
+    now = time.time()
+    held = types.SimpleNamespace(time=lambda: now)
+    monkeypatch.setattr(django_ratelimit.core, "time", held)
+    monkeypatch.setattr(throttling, "time", held)
 
 
 @pytest.fixture

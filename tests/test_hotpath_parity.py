@@ -134,7 +134,7 @@ def test_hotpath__renders_bodies_as_drf_json_renderer(db):
 
 
 @pytest.mark.django_db
-def test_hotpath__a_request_it_passes_on_is_counted_once(settings, user, queue):
+def test_hotpath__a_request_it_passes_on_is_counted_once(settings, user, queue, rate_windows_held):
     """The hot path counts the request against the token's budget; DRF's throttle must not count it again."""
     settings.WONDERQ_RATE_PER_TOKEN = "4/m"
     api = api_client_for(user)

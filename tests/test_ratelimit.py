@@ -20,6 +20,9 @@ from tests.factories import UserFactory
 
 URL = "/api/v1/queues/"
 
+# The tests below count requests against windows as short as a minute: none may turn mid-test.
+pytestmark = pytest.mark.usefixtures("rate_windows_held")
+
 
 @pytest.mark.django_db
 def test_rate_per_token__over_the_limit_answers_429_with_retry_after(settings, user):
