@@ -93,7 +93,8 @@ def test_cpu_shares__split_the_machines_time_between_two_readings():
 
     assert set(shares) == {"user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"}
     assert 99 <= sum(shares.values()) <= 101, shares
-    busy = 100 - shares["idle"] - shares["iowait"] - shares["steal"]
+    # Time the hypervisor gave to others while this CPU wanted to run counts as busy: it was not idle.
+    busy = 100 - shares["idle"] - shares["iowait"]
     # That CPU's share of all CPUs' time (less a tick or two: the kernel counts in ticks of 10 ms).
     assert busy >= 0.7 * 100 * 0.3 / (os.cpu_count() * wall), (shares, wall)
     assert cpu_shares(before, before) is None  # no time passed: nothing to split
@@ -553,10 +554,12 @@ def _bench_running(tmp_path: Path):
         while not any(line.startswith("batch 1:") for line in stderr):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(stderr)[-2000:]
             time.sleep(0.1)
-        time.sleep(1)  # past the calibrations, into the load
-        processes = _descendants(proc.pid)
+        # Past the calibrations (a fixed loop: slower on a busy machine), into the load.
+        while not any("multiprocessing" in cmd or "manage.py bench" in cmd for cmd in processes.values()):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(stderr)[-2000:]
+            time.sleep(0.1)
+            processes = _descendants(proc.pid)
         assert any("gunicorn" in cmd for cmd in processes.values()), processes
-        assert any("multiprocessing" in cmd or "manage.py bench" in cmd for cmd in processes.values()), processes
         yield proc, processes, stderr
     finally:
         if proc.poll() is None:
