@@ -58,6 +58,20 @@ def test_table__others_are_the_live_workers_but_this_one():
     assert len(table.others(first)) == 2
 
 
+def test_table__only_a_silence_the_reader_was_running_for_counts():
+    table = ConnectionTable(slots=2)
+    own, other = table.claim(101), table.claim(102)
+    now = time.monotonic()
+    last_write = now - STALE_AFTER - 1
+    _ENTRY.pack_into(table._memory, other * _ENTRY.size, 102, 3, last_write)
+    assert table.others(own) == []  # silent for longer than STALE_AFTER: left out
+    # The reader was paused from just after that write until now (the whole VM was): silent 0.1 s of its watch.
+    assert table.others(own, paused=(last_write + 0.1, now)) == [3]
+    # A pause that ended long ago, or came before the write, leaves the silence as long as it was.
+    assert table.others(own, paused=(last_write + 0.1, last_write + 0.5)) == []
+    assert table.others(own, paused=(last_write - 5, last_write - 1)) == []
+
+
 def _write_from_child(table: ConnectionTable) -> None:
     table.write(table.claim(os.getpid()), os.getpid(), 9)
 
@@ -134,9 +148,14 @@ def _server(tmp_path, worker_class: str):
             yield port, workers, arbiter.pid
 
 
+def _open(port: int, count: int) -> list[socket.socket]:
+    """`count` connections, established by the kernel: they wait in the listen backlog until a worker accepts."""
+    return [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+
+
 def _connect(port: int, count: int) -> list[socket.socket]:
     """`count` keep-alive connections opened at once, as a pool of clients starting together does."""
-    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+    clients = _open(port, count)
     for client in clients:
         _request(client)
     return clients
@@ -173,6 +192,31 @@ def test_workers__keep_alive_connections_are_shared_out_evenly(tmp_path):
             while any(_owners(port, ports, workers)) and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.5)  # and have written their new counts
+
+
+@linux_only
+@pytest.mark.slow
+def test_workers__after_the_whole_machine_paused_connections_are_still_shared_out_evenly(tmp_path):
+    """A VM paused for longer than STALE_AFTER stops every worker at once, and on waking every entry is
+    as old as the others. None of the workers is stuck: the first to wake must not take the waiting
+    connections as if it were alone (CI saw 7 and 1). SIGSTOP stops the workers as the pause does,
+    while the monotonic clock they compare runs on."""
+    with _server(tmp_path, "gevent") as (port, workers, _arbiter):
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(STALE_AFTER + 0.5)
+            clients = _open(port, 8)
+        finally:
+            for pid in workers:  # one wakes a little before the other, as on a busy VM
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.05)
+        for client in clients:
+            _request(client)
+        owners = Counter(_owners(port, clients, workers))
+        for client in clients:
+            client.close()
+        assert sorted(owners.values()) == [4, 4], owners
 
 
 @linux_only

@@ -10,10 +10,11 @@ a table of shared memory, made in gunicorn's arbiter when it imports this module
 every worker it forks. A worker listens only while it holds no more connections than the least
 loaded live worker, so the least loaded one always listens and a new connection always has a
 taker. A worker that has not written its entry for STALE_AFTER seconds (stopped, stuck, killed) is
-left out, so it cannot hold the others back. A worker enters the table only once its app is
-loaded and it is about to listen, and leaves it as soon as it stops listening. Where the table is
-not shared (this module first imported in a worker) or is full, a worker accepts as gunicorn's own
-worker does.
+left out, so it cannot hold the others back; only the seconds its reader was running count, so a
+pause of the whole machine, which stops every worker at once, makes none of them look stuck. A
+worker enters the table only once its app is loaded and it is about to listen, and leaves it as
+soon as it stops listening. Where the table is not shared (this module first imported in a
+worker) or is full, a worker accepts as gunicorn's own worker does.
 
 `serve` and `bench` run it for `WONDERQ_WORKER_CLASS=gevent` (queues/management/gunicorn.py).
 SQLite's `gthread` stays gunicorn's own: there every write waits for SQLite's one lock, and the
@@ -33,6 +34,7 @@ from gunicorn.workers import ggevent
 
 TICK = 0.01  # how often a worker writes its entry and looks at the others' even when nothing happens
 STALE_AFTER = 2.0  # an entry older than this is a worker that cannot serve: left out
+PAUSED_AFTER = 0.25  # a longer gap between a worker's own writes is a pause: it was not watching the others
 
 _ENTRY = struct.Struct("qqd")  # pid, open connections, time.monotonic() of the write
 
@@ -81,13 +83,20 @@ class ConnectionTable:
         if self._read(slot)[0] == pid:
             _ENTRY.pack_into(self._memory, slot * _ENTRY.size, 0, 0, 0.0)
 
-    def others(self, slot: int | None) -> list[int]:
-        """The open connections of every other worker that wrote its entry in the last STALE_AFTER seconds."""
+    def others(self, slot: int | None, paused: tuple[float, float] = (0.0, 0.0)) -> list[int]:
+        """The open connections of every other worker that wrote its entry in the last STALE_AFTER seconds.
+
+        `paused` is the caller's own last pause (its start and end, on the monotonic clock): a
+        silence during it went unwatched and does not count. A whole VM paused stops every worker
+        at once; without this, the first to wake would find every other entry stale and take every
+        waiting connection itself (CI saw 7 of 8).
+        """
         now = time.monotonic()
+        start, end = paused
         return [
             connections
             for other, (owner, connections, written) in enumerate(_ENTRY.iter_unpack(self._memory))
-            if other != slot and owner and now - written <= STALE_AFTER
+            if other != slot and owner and now - written - max(0.0, end - max(start, written)) <= STALE_AFTER
         ]
 
 
@@ -122,6 +131,7 @@ class GeventWorker(ggevent.GeventWorker):
     def init_process(self) -> None:
         self._slot: int | None = None  # claimed in run(), once the app is loaded and we are about to listen
         self._written = (-1, 0.0, True)  # the count last written, when, and whether it could accept then
+        self._paused = (0.0, 0.0)  # our own last pause: from our write before it to our write after it
         self._open = 0
         self._servers: list = []
         super().init_process()  # loads the app, then run()
@@ -133,8 +143,10 @@ class GeventWorker(ggevent.GeventWorker):
         count, written, fair = self._written
         now = time.monotonic()
         if self._open != count or now - written >= TICK:
+            if written and now - written > PAUSED_AFTER:  # we were stopped, or our hub was blocked
+                self._paused = (written, now)
             TABLE.write(self._slot, self.pid, self._open)
-            fair = may_accept(self._open, TABLE.others(self._slot))
+            fair = may_accept(self._open, TABLE.others(self._slot, self._paused))
             self._written = (self._open, now, fair)
         return fair
 
